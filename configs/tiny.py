@@ -1,0 +1,37 @@
+r"""Tiny configuration for one CPU: 2-layer encoders, a narrow ResNet-18, small batches.
+
+Run (once a trainer lands):
+  python -m tools.train --config=configs/tiny.py --workdir=/tmp/make_tiny
+
+Used by the quickstart and the tests; a training step runs in well under a second on CPU.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the tiny config."""
+  c = base.get_config(arg)
+  c.data.global_batch_size = 16
+  c.data.image_size = 32
+  c.text.vocab_size = 2048
+  c.text.query_len = 12
+  c.text.title_len = 24
+  c.model.vocab_size = 2048
+  c.model.hidden_size = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.mlp_dim = 128
+  c.model.max_position = 64
+  c.model.embed_dim = 32
+  c.model.resnet_depth = 18
+  c.model.resnet_width = 8
+  c.model.image_num_layers = 2
+  c.model.dropout_rate = 0.0
+  c.loss.bank_batches = 4
+  c.train.num_steps = 200
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  return c

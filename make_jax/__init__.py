@@ -1,0 +1,1 @@
+"""make_jax: text-to-multimodal product retrieval (MAKE, CDNS, MBNS, MPM_R) in JAX/Flax."""
