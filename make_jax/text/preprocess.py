@@ -1,0 +1,251 @@
+"""`TextPreprocessor`: raw query/title text -> words, qid and padded token ids (SPEC 2).
+
+Why: this is the one object the input pipeline, the exporter and the server share, so
+that a query is turned into the same words, qid and ids at training time and at serving
+time. The steps (each in its own module):
+
+  normalize (NFKC, lower, controls) -> segment (jieba + word boundaries) -> sort words
+  -> qid (blake2b-32 of the sorted words) and WordPiece ids `[CLS] ... [SEP] [PAD]...`
+
+Encoding (contract 1): `ids[0] = [CLS]`, then the pieces of the sorted words, `[SEP]`
+right after the last piece kept, `[PAD]` to `max_len`; `mask` is 1 on [CLS], pieces and
+[SEP]. Longer texts are truncated to `max_len - 2` pieces (so [SEP] is always present);
+only the first `max_len - 2` sorted words are tokenized, as each word gives at least one
+piece, so a 10,000-character title costs one segmentation and a short tokenization.
+Empty, whitespace-only or punctuation-only text encodes to `[CLS] [SEP]` + padding and
+has the qid `EMPTY_QID`.
+
+Keywords (SPEC 3, KE): the query words that also occur among the title's words or the
+words of its attribute values (equality of normalised, segmented words). Every piece of
+such a word, in the query and in the title, is flagged 1 in `*_keyword`; specials and
+padding are 0.
+"""
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from make_jax.text import normalize as normalize_lib
+from make_jax.text import qid as qid_lib
+from make_jax.text import segment as segment_lib
+from make_jax.text import vocab as vocab_lib
+from make_jax.text import wordpiece
+
+Text = str | bytes
+
+
+class TextPreprocessor:
+  """Normalises, segments, sorts, hashes and WordPiece-encodes queries and titles."""
+
+  def __init__(self, tokenizer: wordpiece.WordPieceTokenizer, *, sort_words: bool = True):
+    """Wraps a tokenizer.
+
+    Args:
+      tokenizer: the WordPiece vocabulary and rules.
+      sort_words: sort words before tokenizing (SPEC 2.3; False is an ablation). The qid
+        always uses the sorted words.
+    """
+    self._tokenizer = tokenizer
+    self._sort_words = sort_words
+    self.pad_id = tokenizer.token_to_id(wordpiece.PAD)
+    self.unk_id = tokenizer.token_to_id(wordpiece.UNK)
+    self.cls_id = tokenizer.token_to_id(wordpiece.CLS)
+    self.sep_id = tokenizer.token_to_id(wordpiece.SEP)
+    self.mask_id = tokenizer.token_to_id(wordpiece.MASK)
+
+  # --- Constructors ---------------------------------------------------------------------
+
+  @classmethod
+  def from_vocab_file(
+    cls, path: str | os.PathLike, *, sort_words: bool = True, strip_accents: bool = False
+  ) -> 'TextPreprocessor':
+    """From a BERT vocab.txt (ids as in the file). Raises `VocabError` if it is unusable.
+
+    Pass `strip_accents=True` for BERT uncased vocabularies (all-MiniLM-L6-v2).
+    """
+    tokens = vocab_lib.load_vocab_file(path)
+    return cls(
+      wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents), sort_words=sort_words
+    )
+
+  @classmethod
+  def from_tokens(
+    cls, tokens: Sequence[str], *, sort_words: bool = True, strip_accents: bool = False
+  ) -> 'TextPreprocessor':
+    """From a vocabulary in id order (e.g. the output of `build_vocab`)."""
+    return cls(
+      wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents), sort_words=sort_words
+    )
+
+  @classmethod
+  def from_corpus(
+    cls,
+    corpus: Iterable[Text],
+    vocab_size: int,
+    *,
+    sort_words: bool = True,
+    strip_accents: bool = False,
+  ) -> 'TextPreprocessor':
+    """Learns a vocabulary from raw texts (`build_vocab`) and wraps it."""
+    tokens = vocab_lib.build_vocab(corpus, vocab_size, strip_accents=strip_accents)
+    return cls.from_tokens(tokens, sort_words=sort_words, strip_accents=strip_accents)
+
+  # --- Properties -----------------------------------------------------------------------
+
+  @property
+  def tokenizer(self) -> wordpiece.WordPieceTokenizer:
+    return self._tokenizer
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tokenizer.vocab_size
+
+  @property
+  def sort_words(self) -> bool:
+    return self._sort_words
+
+  # --- Words and qid --------------------------------------------------------------------
+
+  def words(self, text: Text) -> list[str]:
+    """Normalised, segmented words of `text`, sorted (unless `sort_words=False`)."""
+    words = segment_lib.segment(normalize_lib.normalize(text))
+    return sorted(words) if self._sort_words else words
+
+  def qid(self, text: Text) -> int:
+    """The uint32 qid of `text` (of its sorted words; `EMPTY_QID` if it has none)."""
+    return qid_lib.qid_of_words(segment_lib.segment(normalize_lib.normalize(text)))
+
+  # --- Encoding -------------------------------------------------------------------------
+
+  def _fill(
+    self,
+    ids: list[int],
+    word_index: list[int],
+    words: Sequence[str],
+    keywords: frozenset[str],
+    out_ids: np.ndarray,
+    out_mask: np.ndarray,
+    out_keyword: np.ndarray | None,
+  ) -> None:
+    """Writes [CLS] pieces [SEP] into one row of the (pre-padded) output arrays."""
+    n = min(len(ids), out_ids.shape[0] - 2)
+    out_ids[0] = self.cls_id
+    out_ids[1 : n + 1] = ids[:n]
+    out_ids[n + 1] = self.sep_id
+    out_mask[: n + 2] = 1
+    if out_keyword is not None and keywords:
+      for j in range(n):
+        if words[word_index[j]] in keywords:
+          out_keyword[j + 1] = 1
+
+  def _encode_word_lists(
+    self,
+    word_lists: Sequence[Sequence[str]],
+    max_len: int,
+    keywords: Sequence[frozenset[str]] | None = None,
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Encodes already segmented (and sorted) word lists into [N, max_len] arrays."""
+    _check_max_len(max_len)
+    # Each word yields >= 1 piece, so words past the first max_len - 2 are never kept.
+    word_lists = [list(words[: max_len - 2]) for words in word_lists]
+    n = len(word_lists)
+    out_ids = np.full((n, max_len), self.pad_id, dtype=np.int32)
+    out_mask = np.zeros((n, max_len), dtype=np.int32)
+    out_keyword = np.zeros((n, max_len), dtype=np.int32) if keywords is not None else None
+    pieces = self._tokenizer.tokenize_words_batch(word_lists)
+    for i, (ids, word_index) in enumerate(pieces):
+      self._fill(
+        ids,
+        word_index,
+        word_lists[i],
+        keywords[i] if keywords is not None else frozenset(),
+        out_ids[i],
+        out_mask[i],
+        out_keyword[i] if out_keyword is not None else None,
+      )
+    return out_ids, out_mask, out_keyword
+
+  def encode(self, text: Text, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (ids int32[max_len], mask int32[max_len]) of `text`.
+
+    Raises:
+      ValueError: if `max_len` < 2 (no room for [CLS] and [SEP]).
+    """
+    ids, mask = self.encode_batch([text], max_len)
+    return ids[0], mask[0]
+
+  def encode_batch(self, texts: Sequence[Text], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (ids int32[N, max_len], mask int32[N, max_len]) of `texts`."""
+    _check_max_len(max_len)
+    ids, mask, _ = self._encode_word_lists([self.words(t) for t in texts], max_len)
+    return ids, mask
+
+  def encode_words_batch(
+    self, word_lists: Sequence[Sequence[str]], max_len: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Like `encode_batch` for texts already turned into words (by `words`), unchanged.
+
+    For callers that need the words anyway (qid tables, keyword matching): the words are
+    encoded in the given order, so pass the output of `words` to match `encode_batch`.
+    """
+    ids, mask, _ = self._encode_word_lists(word_lists, max_len)
+    return ids, mask
+
+  def encode_pair(
+    self,
+    query: Text,
+    title: Text,
+    attributes: Sequence[Text],
+    query_len: int,
+    title_len: int,
+  ) -> dict[str, np.ndarray]:
+    """Encodes a (query, product) pair with keyword flags (contract 1, SPEC 3 KE).
+
+    Args:
+      query: the query text.
+      title: the product title.
+      attributes: the product's attribute values (brand, colour, ...); may be empty.
+      query_len: query tokens incl. [CLS]/[SEP].
+      title_len: title tokens incl. [CLS]/[SEP].
+
+    Returns:
+      int32 arrays query_ids, query_mask, query_keyword [query_len]; title_ids,
+      title_mask, title_keyword [title_len].
+    """
+    _check_max_len(query_len, 'query_len')
+    _check_max_len(title_len, 'title_len')
+    if isinstance(attributes, str | bytes):
+      raise ValueError('attributes must be a sequence of attribute values, not one string')
+    query_words = self.words(query)
+    title_words = self.words(title)
+    product_words = set(title_words)
+    for value in attributes:
+      product_words.update(segment_lib.segment(normalize_lib.normalize(value)))
+    keywords = frozenset(w for w in query_words if w in product_words)
+    q_ids, q_mask, q_kw = self._encode_word_lists([query_words], query_len, [keywords])
+    t_ids, t_mask, t_kw = self._encode_word_lists([title_words], title_len, [keywords])
+    return {
+      'query_ids': q_ids[0],
+      'query_mask': q_mask[0],
+      'query_keyword': q_kw[0],
+      'title_ids': t_ids[0],
+      'title_mask': t_mask[0],
+      'title_keyword': t_kw[0],
+    }
+
+  def decode(self, ids: Sequence[int]) -> list[str]:
+    """The piece strings of `ids` without [PAD] (for inspection and debugging)."""
+    return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) != self.pad_id]
+
+
+def _check_max_len(max_len: int, name: str = 'max_len') -> None:
+  if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer):
+    raise ValueError(f'{name} must be an int, got {type(max_len).__name__}')
+  if max_len < 2:
+    raise ValueError(f'{name}={max_len} is too small: [CLS] and [SEP] need 2 positions')
+
+
+# The contract's vocabulary builder and writer live in vocab.py; exported here as well.
+build_vocab = vocab_lib.build_vocab
+save_vocab = vocab_lib.save_vocab

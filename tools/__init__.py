@@ -1,0 +1,1 @@
+"""Command-line entry points (absl): thin wrappers over make_jax."""
