@@ -1,0 +1,126 @@
+"""The registered loss terms: adapters from (model outputs, batch, config) to the loss functions.
+
+Key names are the shared contracts: model outputs (contract 4), batch keys (contracts 2-3),
+and the fields of `cfg.loss` in configs/base.py.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from make_jax.losses import mlm, mpm, qpc, qpm, registry
+
+
+@registry.register('qpm')
+def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """Paper eq. 3 with CDNS from cfg.loss.cdns_start_fraction and MBNS from the bank."""
+  registry.require(outputs, ('query_emb', 'product_emb'), 'qpm', 'model output')
+  registry.require(batch, ('log_p', 'product_id'), 'qpm', 'batch')
+  if 'qpm_temperature' in outputs:
+    temperature = outputs['qpm_temperature']
+  elif not loss_cfg.qpm_learn_temperature:
+    temperature = jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
+  else:
+    raise ValueError(
+      "loss term 'qpm' needs model output 'qpm_temperature' when "
+      'cfg.loss.qpm_learn_temperature is True'
+    )
+  bank = ctx.bank
+  if loss_cfg.bank_batches > 0:
+    if bank is None:
+      raise ValueError('cfg.loss.bank_batches > 0 but no memory bank was passed (bank=None)')
+    if bank.num_batches != loss_cfg.bank_batches:
+      raise ValueError(
+        f'memory bank holds {bank.num_batches} batches, cfg.loss.bank_batches is '
+        f'{loss_cfg.bank_batches}'
+      )
+  else:
+    bank = None
+  return qpm.qpm_loss(
+    outputs['query_emb'],
+    outputs['product_emb'],
+    batch['log_p'],
+    batch['product_id'],
+    temperature,
+    step=ctx.step,
+    cdns_start=qpm.cdns_start_step(loss_cfg.cdns_start_fraction, ctx.num_steps),
+    bank=bank,
+    bank_start_step=loss_cfg.bank_start_step,
+    w_mbns=loss_cfg.w_mbns,
+    w_batch=loss_cfg.w_batch,
+    logp_correction=loss_cfg.logp_correction,
+    axis_name=ctx.axis_name,
+  )
+
+
+@registry.register('qpc')
+def qpc_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """AM-Softmax over the global batch; scale/margin from the model outputs or the config."""
+  registry.require(outputs, ('query_emb', 'product_emb'), 'qpc', 'model output')
+  registry.require(batch, ('product_id',), 'qpc', 'batch')
+  return qpc.qpc_loss(
+    outputs['query_emb'],
+    outputs['product_emb'],
+    batch['product_id'],
+    outputs.get('qpc_scale', loss_cfg.qpc_scale),
+    outputs.get('qpc_margin', loss_cfg.qpc_margin),
+    axis_name=ctx.axis_name,
+  )
+
+
+@registry.register('mlm')
+def mlm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """Pooled query and title MLM."""
+  del loss_cfg
+  registry.require(outputs, ('mlm_query_logits', 'mlm_title_logits'), 'mlm', 'model output')
+  registry.require(
+    batch,
+    ('mlm_query_labels', 'mlm_query_weights', 'mlm_title_labels', 'mlm_title_weights'),
+    'mlm',
+    'batch',
+  )
+  return mlm.mlm_loss(
+    outputs['mlm_query_logits'],
+    batch['mlm_query_labels'],
+    batch['mlm_query_weights'],
+    outputs['mlm_title_logits'],
+    batch['mlm_title_labels'],
+    batch['mlm_title_weights'],
+    axis_name=ctx.axis_name,
+  )
+
+
+def _target(outputs, loss_cfg):
+  target = outputs['mpm_target']
+  # The model already stops the gradient (contract 4); repeating it here keeps the loss
+  # faithful to the config even for a model that does not.
+  if loss_cfg.mpm_stop_gradient_target:
+    target = lax.stop_gradient(target)
+  return target
+
+
+@registry.register('mpm')
+def mpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """Regression MPM over masked regions."""
+  registry.require(outputs, ('mpm_pred', 'mpm_target'), 'mpm', 'model output')
+  registry.require(batch, ('mpm_mask',), 'mpm', 'batch')
+  return mpm.mpm_loss(
+    outputs['mpm_pred'], _target(outputs, loss_cfg), batch['mpm_mask'], axis_name=ctx.axis_name
+  )
+
+
+@registry.register('mpm_r')
+def mpm_r_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """Contrastive MPM_R (paper eq. 1-2)."""
+  registry.require(outputs, ('mpm_r_pred', 'mpm_target', 'mpm_r_tau'), 'mpm_r', 'model output')
+  registry.require(batch, ('mpm_mask', 'image_missing'), 'mpm_r', 'batch')
+  return mpm.mpm_r_loss(
+    outputs['mpm_r_pred'],
+    _target(outputs, loss_cfg),
+    batch['mpm_mask'],
+    batch['image_missing'],
+    outputs['mpm_r_tau'],
+    cross_device=loss_cfg.mpm_r_cross_device,
+    axis_name=ctx.axis_name,
+  )
