@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- Data (SPEC section 1) -------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic_products'  # TFDS builder name: synthetic_products | fashion_products.
-  c.data.builder_config = 'en'  # Builder config: synthetic 'en' / 'zh'; fashion 'default'.
+  c.data.builder_config = 'en'  # Synthetic: en, zh, en_small, zh_small, en_n<count>; fashion: default, hide_colour.
   c.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default (~/tensorflow_datasets).
   c.data.manual_dir = '../shared/data'  # Where fashion_products finds its zip archive.
   c.data.train_split = 'train'  # Split of (query, product) click pairs to train on.
@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0  # Seed of the per-epoch shuffle (independent of `seed`).
   c.data.num_epochs = None  # None: repeat forever; the trainer stops at num_steps.
   c.data.image_size = 64  # Images are resized to (image_size, image_size, 3) uint8.
-  c.data.worker_count = 0  # Input worker processes (0: in the main process).
+  c.data.worker_count = 0  # Input featurising threads (0: in the calling thread).
 
   # --- Text preprocessing (SPEC section 2) -----------------------------------------------
   c.text = ml_collections.ConfigDict()
@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.query_len = 16  # Query tokens incl. [CLS]/[SEP]; longer queries are truncated.
   c.text.title_len = 48  # Title tokens incl. [CLS]/[SEP].
   c.text.sort_words = True  # Sort segmented words lexicographically (SPEC 2.3).
+  c.text.strip_accents = False  # Strip accents before WordPiece; True for BERT uncased vocabs.
 
   # --- Model (SPEC section 3) ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -53,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dim = 256  # d: dimension of the L2-normalised query/product embeddings.
   c.model.resnet_depth = 18  # Image backbone: 18, 50 or 101.
   c.model.resnet_width = 32  # Channels of the first ResNet stage (64 in the standard nets).
+  c.model.resnet_small_stem = True  # 3x3/1 stem, no max-pool (stride 8, not 32): small images.
   c.model.image_grid = 4  # Regions per side: the feature map is pooled to 4x4 = 16 regions.
   c.model.image_num_layers = 6  # Transformer layers of the image encoder.
   c.model.modal_adaptation = True  # MA on; off: title and image averaged with equal weights.

@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dim = 256
   c.model.resnet_depth = 101
   c.model.resnet_width = 64
+  c.model.resnet_small_stem = False  # Standard 7x7/2 stem: 224 px -> 7x7 final map.
   c.model.image_num_layers = 12
   c.model.dtype = 'bfloat16'
   c.loss.bank_batches = 16

@@ -1,0 +1,89 @@
+"""Image encoder (SPEC 3): ResNet -> 4x4 grid of region features -> [CLS] + positions -> transformer.
+
+The region features `v` (projected to the hidden size, before masking and position
+embeddings) are what the image transformer is fed; they are the targets of MPM / MPM_R
+(paper eq. 1: the masked patch's own input embedding is the positive). A masked region's
+input is replaced by a learned [MASK] region vector.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from make_jax.models.model_config import ModelConfig
+from make_jax.models.partitioning import constrain, partitioned
+from make_jax.models.resnet import ResNet, adaptive_avg_pool
+from make_jax.models.transformer import (
+  BATCH_LEN_EMBED,
+  BERT_INIT,
+  ZEROS_INIT,
+  TransformerStack,
+  layer_norm,
+)
+
+
+class ImageEncoder(nn.Module):
+  """Encodes uint8 images [B, S, S, 3] into tokens [B, 1 + R, H] and region features [B, R, H]."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(
+    self, image: jax.Array, mpm_mask: jax.Array | None = None, *, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
+    """Returns (token outputs [B, 1 + R, H], region features v [B, R, H]).
+
+    Args:
+      image: uint8 [B, S, S, 3].
+      mpm_mask: optional float [B, R]; 1.0 replaces region r's input by the [MASK] vector.
+      train: enables dropout.
+    """
+    cfg = self.cfg
+    if image.ndim != 4 or image.shape[-1] != 3:
+      raise ValueError(f'image must be [batch, size, size, 3]; got shape {image.shape}')
+    backbone = ResNet(
+      depth=cfg.resnet_depth,
+      width=cfg.resnet_width,
+      small_stem=cfg.resnet_small_stem,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      name='resnet',
+    )
+    fmap = backbone(image)
+    grid = adaptive_avg_pool(fmap, cfg.image_grid)  # [B, g, g, C]
+    regions = grid.reshape(grid.shape[0], cfg.num_regions, grid.shape[-1])
+    v = nn.Dense(
+      cfg.hidden_size,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      kernel_init=partitioned(BERT_INIT, ('region_features', 'embed')),
+      bias_init=partitioned(ZEROS_INIT, ('embed',)),
+      name='region_proj',
+    )(regions.astype(cfg.compute_dtype))
+    v = constrain(v, ('act_batch', 'act_regions', 'act_embed'))
+    x = v
+    if mpm_mask is not None:
+      if mpm_mask.shape != v.shape[:2]:
+        raise ValueError(f'mpm_mask must be {v.shape[:2]}; got {mpm_mask.shape}')
+      mask_vec = self.param(
+        'mask_region', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+      )
+      x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(x.dtype), x)
+    cls = self.param(
+      'cls', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+    )
+    cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.hidden_size))
+    x = jnp.concatenate([cls, x], axis=1)
+    pos = self.param(
+      'position_embeddings',
+      partitioned(BERT_INIT, ('position', 'embed')),
+      (cfg.num_regions + 1, cfg.hidden_size),
+      cfg.params_dtype,
+    )
+    x = x + pos.astype(x.dtype)[None]
+    x = layer_norm(cfg, 'embeddings_ln')(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+    x = constrain(x, BATCH_LEN_EMBED)
+    mask = jnp.ones(x.shape[:2], jnp.int32)
+    tokens = TransformerStack(cfg, cfg.image_num_layers, name='stack')(x, mask, train=train)
+    return tokens, v

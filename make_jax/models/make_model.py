@@ -1,0 +1,226 @@
+"""MakeModel: query encoder, product encoder with Modal Adaptation, and the pre-training heads.
+
+SPEC 3 and contract 4. One forward pass over a (masked) training batch gives every output
+the losses need: the L2-normalised query and product embeddings, the modal weights
+(a_title, a_image), MLM logits, MPM / MPM_R predictions and targets, and the temperatures.
+
+Modal Adaptation (this project's reading of MAKE): `fusion_layers` transformer layers attend
+over [title tokens; image tokens] (each with a modality embedding); a gate MLP on the fused
+title and image [CLS] vectors gives (a_title, a_image) = softmax(g(h_title, h_image)); the
+product embedding is normalize(a_title * proj_t(h_title) + a_image * proj_i(h_image)).
+MA off: no fusion, fixed (0.5, 0.5). An image-missing product gets (1, 0) exactly, its image
+keys are masked out of fusion, and its embedding is proj_t(h_title) alone, so it does not
+depend on the pixels at all.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from make_jax.models.heads import MlmHead, RegionHead
+from make_jax.models.image_encoder import ImageEncoder
+from make_jax.models.model_config import ModelConfig
+from make_jax.models.partitioning import constrain, partitioned
+from make_jax.models.transformer import BERT_INIT, ZEROS_INIT, TextEncoder, TransformerStack
+
+OUTPUT_KEYS = (
+  'query_emb',
+  'product_emb',
+  'modal_weights',
+  'mlm_query_logits',
+  'mlm_title_logits',
+  'mpm_pred',
+  'mpm_r_pred',
+  'mpm_target',
+  'qpm_temperature',
+  'mpm_r_tau',
+  'qpc_scale',
+  'qpc_margin',
+)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class MakeModel(nn.Module):
+  """The three encoders, Modal Adaptation, and the MLM / MPM / MPM_R heads."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dense = lambda n, names, name: nn.Dense(
+      n,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      kernel_init=partitioned(BERT_INIT, names),
+      bias_init=partitioned(ZEROS_INIT, names[1:]),
+      name=name,
+    )
+    self.query_encoder = TextEncoder(cfg, name='query_encoder')
+    self.title_encoder = TextEncoder(cfg, name='title_encoder')
+    self.image_encoder = ImageEncoder(cfg, name='image_encoder')
+    self.query_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'query_proj')
+    self.title_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'title_proj')
+    self.image_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
+    if cfg.modal_adaptation:
+      self.modality_embeddings = self.param(
+        'modality_embeddings',
+        partitioned(BERT_INIT, ('modalities', 'embed')),
+        (2, cfg.hidden_size),
+        cfg.params_dtype,
+      )
+      self.fusion = TransformerStack(cfg, cfg.fusion_layers, name='fusion')
+      self.gate_hidden = dense(cfg.hidden_size, ('embed', 'mlp'), 'gate_hidden')
+      self.gate_out = dense(2, ('mlp', 'modalities'), 'gate_out')
+    self.mlm_query_head = MlmHead(cfg, name='mlm_query_head')
+    self.mlm_title_head = MlmHead(cfg, name='mlm_title_head')
+    self.mpm_head = RegionHead(cfg, cfg.hidden_size, name='mpm_head')
+    self.mpm_r_head = RegionHead(cfg, cfg.hidden_size, name='mpm_r_head')
+    # Temperatures are stored as logs so that exp() keeps them positive under any update.
+    self.log_qpm_temperature = self.param(
+      'log_qpm_temperature', nn.initializers.constant(math.log(cfg.qpm_temperature)), ()
+    )
+    self.log_mpm_r_tau = self.param(
+      'log_mpm_r_tau', nn.initializers.constant(math.log(cfg.mpm_r_tau)), ()
+    )
+
+  # --- Encoders ----------------------------------------------------------------------------
+
+  def encode_query(
+    self, query_ids: jax.Array, query_mask: jax.Array, *, train: bool = False
+  ) -> jax.Array:
+    """Query embeddings [B, d] (L2-normalised, float32) from token ids and mask [B, Lq]."""
+    tokens = self.query_encoder(query_ids, query_mask, train=train)
+    return l2_normalize(self.query_proj(tokens[:, 0]))
+
+  def encode_product(
+    self,
+    title_ids: jax.Array,
+    title_mask: jax.Array,
+    image: jax.Array,
+    image_missing: jax.Array,
+    *,
+    train: bool = False,
+  ) -> tuple[jax.Array, jax.Array]:
+    """Product embeddings [B, d] (L2-normalised, float32) and modal weights [B, 2]."""
+    emb, weights, _, _, _ = self._product(title_ids, title_mask, image, image_missing, None, train)
+    return emb, weights
+
+  def _product(self, title_ids, title_mask, image, image_missing, mpm_mask, train):
+    """Product encoder; also returns title/image token outputs and region features."""
+    cfg = self.cfg
+    title = self.title_encoder(title_ids, title_mask, train=train)
+    img, v = self.image_encoder(image, mpm_mask, train=train)
+    missing = jnp.asarray(image_missing).astype(bool)
+    if missing.shape != (title.shape[0],):
+      raise ValueError(f'image_missing must be [{title.shape[0]}]; got {missing.shape}')
+    if cfg.modal_adaptation:
+      seq = jnp.concatenate(
+        [
+          title + self.modality_embeddings[0].astype(title.dtype),
+          img + self.modality_embeddings[1].astype(img.dtype),
+        ],
+        axis=1,
+      )
+      # Image keys are masked out of fusion for image-missing products.
+      img_mask = jnp.broadcast_to(~missing[:, None], img.shape[:2]).astype(jnp.int32)
+      fused = self.fusion(seq, jnp.concatenate([title_mask, img_mask], axis=1), train=train)
+      h_title, h_image = fused[:, 0], fused[:, title.shape[1]]
+      g = self.gate_out(nn.gelu(self.gate_hidden(jnp.concatenate([h_title, h_image], -1))))
+      weights = jax.nn.softmax(g.astype(jnp.float32), axis=-1)
+    else:
+      h_title, h_image = title[:, 0], img[:, 0]
+      weights = jnp.full((title.shape[0], 2), 0.5, jnp.float32)
+    weights = jnp.where(missing[:, None], jnp.array([1.0, 0.0]), weights)
+    p_title = self.title_proj(h_title).astype(jnp.float32)
+    p_image = self.image_proj(h_image).astype(jnp.float32)
+    # `where`, not a product with a_image = 0, so nothing of the image reaches the embedding.
+    mixed = jnp.where(
+      missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image
+    )
+    emb = constrain(l2_normalize(mixed), ('act_batch', 'act_embed'))
+    return emb, weights, title, img, v
+
+  # --- Training forward pass ---------------------------------------------------------------
+
+  def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
+    """All outputs of contract 4 for a batch of contract 2 (+ `mpm_mask` after masking)."""
+    cfg = self.cfg
+    for key in ('query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing'):
+      if key not in batch:
+        raise ValueError(f'batch is missing {key!r}; it has {sorted(batch)}')
+    query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train)
+    query_emb = l2_normalize(self.query_proj(query[:, 0]))
+    product_emb, weights, title, img, v = self._product(
+      batch['title_ids'],
+      batch['title_mask'],
+      batch['image'],
+      batch['image_missing'],
+      batch.get('mpm_mask'),
+      train,
+    )
+    regions = img[:, 1:]
+    target = v.astype(jnp.float32)
+    if cfg.mpm_stop_gradient_target:
+      target = jax.lax.stop_gradient(target)
+    log_t = self.log_qpm_temperature
+    if not cfg.qpm_learn_temperature:
+      log_t = jax.lax.stop_gradient(log_t)
+    return {
+      'query_emb': query_emb,
+      'product_emb': product_emb,
+      'modal_weights': weights,
+      'mlm_query_logits': self.mlm_query_head(query, self.query_encoder.attend),
+      'mlm_title_logits': self.mlm_title_head(title, self.title_encoder.attend),
+      'mpm_pred': self.mpm_head(regions),
+      'mpm_r_pred': self.mpm_r_head(regions),
+      'mpm_target': target,
+      'qpm_temperature': jnp.exp(log_t),
+      'mpm_r_tau': jnp.exp(self.log_mpm_r_tau),
+      'qpc_scale': jnp.asarray(cfg.qpc_scale, jnp.float32),
+      'qpc_margin': jnp.asarray(cfg.qpc_margin, jnp.float32),
+    }
+
+
+def build_model(config: ml_collections.ConfigDict) -> MakeModel:
+  """The model of a full config (configs/*.py)."""
+  return MakeModel(ModelConfig.from_config(config))
+
+
+def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """A zero batch with the shapes and dtypes of contract 2 (+ mpm_mask) for `config`."""
+  lq, lt, s = config.text.query_len, config.text.title_len, config.data.image_size
+  regions = config.model.image_grid**2
+  i32 = lambda *shape: np.zeros(shape, np.int32)
+  return {
+    'query_ids': i32(batch_size, lq),
+    'query_mask': np.ones((batch_size, lq), np.int32),
+    'query_keyword': i32(batch_size, lq),
+    'title_ids': i32(batch_size, lt),
+    'title_mask': np.ones((batch_size, lt), np.int32),
+    'title_keyword': i32(batch_size, lt),
+    'image': np.zeros((batch_size, s, s, 3), np.uint8),
+    'image_missing': np.zeros((batch_size,), bool),
+    'product_id': i32(batch_size),
+    'log_p': np.zeros((batch_size,), np.float32),
+    'mpm_mask': np.zeros((batch_size, regions), np.float32),
+  }
+
+
+def init_params(model: MakeModel, rng: jax.Array, batch: dict[str, Any]) -> Any:
+  """Initialises the model and returns its (unboxed) params tree.
+
+  The logical axis names stay available through `jax.eval_shape` of `model.init`
+  (see `partitioning.logical_partition_specs`).
+  """
+  variables = jax.jit(lambda r, b: model.init({'params': r}, b, train=False))(rng, batch)
+  return nn.meta.unbox(variables)['params']

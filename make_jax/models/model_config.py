@@ -1,0 +1,98 @@
+"""A frozen, hashable view of the config fields the model reads.
+
+Flax modules are dataclasses that JAX transforms may hash; an `ml_collections.ConfigDict` is
+neither frozen nor hashable, so the model takes this dataclass, built once from the config.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+_RESNET_DEPTHS = (18, 50, 101)
+# Fields of the config's `loss` section that the model reads (temperatures' initial values,
+# whether they train, the QPC constants, and whether MPM targets carry gradient).
+_LOSS_FIELDS = (
+  'qpm_temperature',
+  'qpm_learn_temperature',
+  'mpm_r_tau',
+  'mpm_stop_gradient_target',
+  'qpc_scale',
+  'qpc_margin',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Model hyper-parameters (field meanings: configs/base.py, sections `model` and `loss`)."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_layers: int = 6
+  num_heads: int = 12
+  mlp_dim: int = 1536
+  max_position: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  embed_dim: int = 256
+  resnet_depth: int = 18
+  resnet_width: int = 32
+  resnet_small_stem: bool = True
+  image_grid: int = 4
+  image_num_layers: int = 6
+  modal_adaptation: bool = True
+  fusion_layers: int = 1
+  # From the loss section: initial values of the trainable temperatures and QPC constants.
+  qpm_temperature: float = 0.05
+  qpm_learn_temperature: bool = True
+  mpm_r_tau: float = 0.1
+  mpm_stop_gradient_target: bool = True
+  qpc_scale: float = 30.0
+  qpc_margin: float = 0.2
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+        f'model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}'
+      )
+    if self.resnet_depth not in _RESNET_DEPTHS:
+      raise ValueError(f'model.resnet_depth={self.resnet_depth}; expected one of {_RESNET_DEPTHS}')
+    for name in ('vocab_size', 'num_layers', 'mlp_dim', 'max_position', 'embed_dim', 'image_grid'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
+        raise ValueError(f'model.{name}={getattr(self, name)!r}; expected float32|bfloat16|float16')
+    for name in ('qpm_temperature', 'mpm_r_tau'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'loss.{name}={getattr(self, name)} must be > 0')
+
+  @property
+  def num_regions(self) -> int:
+    """R: image regions (the 4x4 grid gives 16)."""
+    return self.image_grid * self.image_grid
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
+    """Builds the model view of a full config (needs `config.model`; reads `config.loss`)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in config.model.items() if k in fields}
+    unknown = set(config.model.keys()) - fields
+    if unknown:
+      raise ValueError(f'unknown model config field(s): {sorted(unknown)}')
+    loss = config.get('loss', {})
+    for k in _LOSS_FIELDS:
+      if k in loss:
+        values[k] = loss[k]
+    return cls(**values)

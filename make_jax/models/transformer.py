@@ -1,0 +1,203 @@
+"""BERT-layout transformer encoder shared by the query, title and image encoders (SPEC 3).
+
+Post-LN blocks (x = LN(x + Attn(x)); x = LN(x + MLP(x))), exact erf GELU, padding masks on
+the attention keys, dropout on hidden states and attention probabilities. Parameter names and
+shapes are chosen so a HuggingFace BERT checkpoint maps onto them one to one
+(make_jax/models/bert_import.py): query/key/value kernels are [embed, heads, kv], the
+output kernel [heads, kv, embed].
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from make_jax.models.model_config import ModelConfig
+from make_jax.models.partitioning import constrain, partitioned
+
+# BERT's initializer (truncated normal, std 0.02 in HF; a normal is close enough for training
+# from scratch, and pretrained weights replace it anyway).
+BERT_INIT = nn.initializers.normal(stddev=0.02)
+ZEROS_INIT = nn.initializers.zeros_init()
+ONES_INIT = nn.initializers.ones_init()
+
+BATCH_LEN_EMBED = ('act_batch', 'act_len', 'act_embed')
+
+
+def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  """LayerNorm with BERT's epsilon and logically named scale/bias."""
+  return nn.LayerNorm(
+    epsilon=cfg.layer_norm_eps,
+    dtype=cfg.compute_dtype,
+    param_dtype=cfg.params_dtype,
+    scale_init=partitioned(ONES_INIT, ('embed',)),
+    bias_init=partitioned(ZEROS_INIT, ('embed',)),
+    name=name,
+  )
+
+
+def attention_bias(mask: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """Turns a [B, L] key mask (1 = attend) into an additive [B, 1, 1, L] bias.
+
+  Masked keys get the dtype's most negative value, so their softmax weight is exactly 0.
+  """
+  big_neg = jnp.finfo(dtype).min
+  return jnp.where(mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
+
+
+class HeadProjection(nn.Module):
+  """An einsum projection with a kernel of its true rank, e.g. [embed, heads, kv].
+
+  Replaces nn.DenseGeneral, whose initializer creates a flattened 2-D kernel and so cannot
+  carry rank-3 logical names once a mesh and rules are in scope.
+  """
+
+  kernel_shape: tuple[int, ...]
+  kernel_names: tuple[str, ...]
+  bias_names: tuple[str, ...]
+  equation: str
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      'kernel', partitioned(BERT_INIT, self.kernel_names), self.kernel_shape, self.param_dtype
+    )
+    bias_shape = self.kernel_shape[-len(self.bias_names) :]
+    bias = self.param(
+      'bias', partitioned(ZEROS_INIT, self.bias_names), bias_shape, self.param_dtype
+    )
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with a key padding mask."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.cfg
+    head_dim = cfg.hidden_size // cfg.num_heads
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+
+    def proj(name: str) -> jax.Array:
+      return HeadProjection(
+        (cfg.hidden_size, cfg.num_heads, head_dim),
+        ('embed', 'heads', 'kv'),
+        ('heads', 'kv'),
+        'ble,ehd->blhd',
+        name=name,
+        **kw,
+      )(x)
+
+    q, k, v = proj('query'), proj('key'), proj('value')
+    q = constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
+    # Scores and softmax in float32 whatever the compute dtype.
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=not train)
+    ctx = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(cfg.compute_dtype), v)
+    ctx = constrain(ctx, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
+    out = HeadProjection(
+      (cfg.num_heads, head_dim, cfg.hidden_size),
+      ('heads', 'kv', 'embed'),
+      ('embed',),
+      'blhd,hde->ble',
+      name='out',
+      **kw,
+    )(ctx)
+    return constrain(out, BATCH_LEN_EMBED)
+
+
+class EncoderLayer(nn.Module):
+  """One post-LN BERT block: attention, add & norm, GELU MLP, add & norm."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout_rate)
+    h = SelfAttention(cfg, name='attention')(x, bias, train=train)
+    x = layer_norm(cfg, 'attention_ln')(x + drop(h, deterministic=not train))
+    h = nn.Dense(
+      cfg.mlp_dim,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      kernel_init=partitioned(BERT_INIT, ('embed', 'mlp')),
+      bias_init=partitioned(ZEROS_INIT, ('mlp',)),
+      name='mlp_in',
+    )(x)
+    h = constrain(nn.gelu(h, approximate=False), ('act_batch', 'act_len', 'act_mlp'))
+    h = nn.Dense(
+      cfg.hidden_size,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      kernel_init=partitioned(BERT_INIT, ('mlp', 'embed')),
+      bias_init=partitioned(ZEROS_INIT, ('embed',)),
+      name='mlp_out',
+    )(h)
+    x = layer_norm(cfg, 'mlp_ln')(x + drop(h, deterministic=not train))
+    return constrain(x, BATCH_LEN_EMBED)
+
+
+class TransformerStack(nn.Module):
+  """`num_layers` encoder layers over already-embedded inputs x [B, L, H] with mask [B, L]."""
+
+  cfg: ModelConfig
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    bias = attention_bias(mask)
+    for i in range(self.num_layers):
+      x = EncoderLayer(self.cfg, name=f'layer_{i}')(x, bias, train=train)
+    return x
+
+
+class TextEncoder(nn.Module):
+  """BERT text encoder: word + position + type embeddings, LayerNorm, dropout, the stack.
+
+  Returns the token outputs [B, L, H]; the [CLS] output (position 0) stands for the sequence.
+  `embed_tokens` exposes the word-embedding table for the tied MLM head.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    embed = lambda n, names, name: nn.Embed(
+      n,
+      cfg.hidden_size,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      embedding_init=partitioned(BERT_INIT, names),
+      name=name,
+    )
+    self.word_embeddings = embed(cfg.vocab_size, ('vocab', 'embed'), 'word_embeddings')
+    self.position_embeddings = embed(cfg.max_position, ('position', 'embed'), 'position_embeddings')
+    self.type_embeddings = embed(cfg.type_vocab_size, ('token_type', 'embed'), 'type_embeddings')
+    self.embeddings_ln = layer_norm(cfg, 'embeddings_ln')
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.stack = TransformerStack(cfg, cfg.num_layers, name='stack')
+
+  def __call__(self, ids: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
+    """Encodes token ids [B, L] (mask [B, L], 1 = real token) into [B, L, H]."""
+    length = ids.shape[-1]
+    if length > self.cfg.max_position:
+      raise ValueError(
+        f'sequence length {length} exceeds model.max_position={self.cfg.max_position}'
+      )
+    x = self.word_embeddings(ids)
+    x = x + self.position_embeddings(jnp.arange(length))[None]
+    x = x + self.type_embeddings(jnp.zeros_like(ids))  # Single-segment inputs: type 0.
+    x = self.dropout(self.embeddings_ln(x), deterministic=not train)
+    x = constrain(x, BATCH_LEN_EMBED)
+    return self.stack(x, mask, train=train)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Logits against the word-embedding table (weight tying for the MLM head)."""
+    return self.word_embeddings.attend(x)

@@ -1,0 +1,247 @@
+"""MakeModel on the tiny config: outputs of contract 4, Modal Adaptation, padding, gradients."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.linen import meta
+
+from configs import tiny
+from make_jax.masking import mask_batch
+from make_jax.models.make_model import OUTPUT_KEYS, MakeModel, build_model, example_batch
+from make_jax.models.model_config import ModelConfig
+
+B = 4
+
+
+@pytest.fixture(scope='module')
+def config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope='module')
+def model(config):
+  return build_model(config)
+
+
+def _batch(config, seed=0):
+  """A random batch of contract 2 with padding and one image-missing product."""
+  rs = np.random.RandomState(seed)
+  b = example_batch(config, B)
+  for field, length in (('query', config.text.query_len), ('title', config.text.title_len)):
+    lengths = rs.randint(3, length + 1, size=B)
+    lengths[0] = length
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    ids = rs.randint(5, config.model.vocab_size, size=(B, length)).astype(np.int32)
+    ids[:, 0] = 2
+    ids[np.arange(B), lengths - 1] = 3
+    b[f'{field}_ids'] = np.where(mask > 0, ids, 0).astype(np.int32)
+    b[f'{field}_mask'] = mask
+    b[f'{field}_keyword'] = (rs.rand(B, length) < 0.3).astype(np.int32) * mask
+  b['image'] = rs.randint(0, 256, size=b['image'].shape).astype(np.uint8)
+  b['image_missing'] = np.array([False, True, False, False])
+  b['product_id'] = np.arange(B, dtype=np.int32)
+  b['log_p'] = np.log(np.full(B, 0.1, np.float32))
+  b['mpm_mask'] = (rs.rand(B, 16) < 0.3).astype(np.float32) * ~b['image_missing'][:, None]
+  return b
+
+
+@pytest.fixture(scope='module')
+def params(model, config):
+  variables = jax.jit(lambda r, b: model.init({'params': r}, b))(jax.random.key(0), _batch(config))
+  return meta.unbox(variables)['params']
+
+
+@pytest.fixture(scope='module')
+def forward(model):
+  return jax.jit(lambda p, b: model.apply({'params': p}, b))
+
+
+def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
+  out = forward(params, _batch(config))
+  assert set(out) == set(OUTPUT_KEYS)
+  lq, lt, v, d, h = (
+    config.text.query_len,
+    config.text.title_len,
+    config.model.vocab_size,
+    config.model.embed_dim,
+    config.model.hidden_size,
+  )
+  expect = {
+    'query_emb': (B, d),
+    'product_emb': (B, d),
+    'modal_weights': (B, 2),
+    'mlm_query_logits': (B, lq, v),
+    'mlm_title_logits': (B, lt, v),
+    'mpm_pred': (B, 16, h),
+    'mpm_r_pred': (B, 16, h),
+    'mpm_target': (B, 16, h),
+    'qpm_temperature': (),
+    'mpm_r_tau': (),
+    'qpc_scale': (),
+    'qpc_margin': (),
+  }
+  for key, shape in expect.items():
+    assert out[key].shape == shape, key
+    assert out[key].dtype == jnp.float32, key
+    assert np.isfinite(np.asarray(out[key])).all(), key
+  for key in ('query_emb', 'product_emb'):
+    np.testing.assert_allclose(np.linalg.norm(out[key], axis=-1), 1.0, atol=1e-5)
+  w = np.asarray(out['modal_weights'])
+  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+  assert (w >= 0).all()
+  np.testing.assert_array_equal(w[1], [1.0, 0.0])  # image-missing product
+  np.testing.assert_allclose(out['qpm_temperature'], config.loss.qpm_temperature, rtol=1e-6)
+  np.testing.assert_allclose(out['mpm_r_tau'], config.loss.mpm_r_tau, rtol=1e-6)
+  assert float(out['qpc_scale']) == config.loss.qpc_scale
+  np.testing.assert_allclose(out['qpc_margin'], config.loss.qpc_margin, rtol=1e-6)
+
+
+def test_image_missing_product_ignores_pixels(config, params, forward):
+  b1 = _batch(config)
+  b2 = dict(b1, image=255 - b1['image'])
+  o1, o2 = forward(params, b1), forward(params, b2)
+  # Row 1 has no image: bit-identical embedding and weights (1, 0) whatever the pixels.
+  np.testing.assert_array_equal(o1['product_emb'][1], o2['product_emb'][1])
+  np.testing.assert_array_equal(o1['modal_weights'][1], [1.0, 0.0])
+  # The others do depend on their image (so the comparison above can fail).
+  for i in (0, 2, 3):
+    assert np.abs(o1['product_emb'][i] - o2['product_emb'][i]).max() > 1e-4
+  # Each product is encoded independently of the other rows.
+  np.testing.assert_array_equal(o1['query_emb'], o2['query_emb'])
+
+
+def test_padding_tokens_do_not_change_outputs(config, params, forward):
+  b1 = _batch(config)
+  b2 = dict(b1)
+  rs = np.random.RandomState(7)
+  for field in ('query', 'title'):
+    junk = rs.randint(0, config.model.vocab_size, size=b1[f'{field}_ids'].shape)
+    b2[f'{field}_ids'] = np.where(b1[f'{field}_mask'] > 0, b1[f'{field}_ids'], junk).astype(
+      np.int32
+    )
+  assert (b2['title_ids'] != b1['title_ids']).any()
+  o1, o2 = forward(params, b1), forward(params, b2)
+  for key in ('query_emb', 'product_emb', 'modal_weights', 'mpm_r_pred'):
+    np.testing.assert_allclose(o1[key], o2[key], atol=1e-6, err_msg=key)
+  for field in ('query', 'title'):
+    real = b1[f'{field}_mask'] > 0
+    np.testing.assert_allclose(
+      np.asarray(o1[f'mlm_{field}_logits'])[real],
+      np.asarray(o2[f'mlm_{field}_logits'])[real],
+      atol=1e-5,
+    )
+
+
+def test_encode_methods_match_training_outputs(config, model, params, forward):
+  b = _batch(config)
+  b.pop('mpm_mask')  # Serving encodes unmasked images.
+  out = forward(params, b)
+  encode_query = jax.jit(lambda p, i, m: model.apply(p, i, m, method=MakeModel.encode_query))
+  encode_product = jax.jit(lambda p, *args: model.apply(p, *args, method=MakeModel.encode_product))
+  q = encode_query({'params': params}, b['query_ids'], b['query_mask'])
+  p, w = encode_product(
+    {'params': params}, b['title_ids'], b['title_mask'], b['image'], b['image_missing']
+  )
+  np.testing.assert_allclose(q, out['query_emb'], atol=1e-6)
+  np.testing.assert_allclose(p, out['product_emb'], atol=1e-6)
+  np.testing.assert_allclose(w, out['modal_weights'], atol=1e-6)
+
+
+def test_region_masking_changes_only_image_side(config, params, forward):
+  b1 = _batch(config)
+  b2 = dict(b1, mpm_mask=np.zeros_like(b1['mpm_mask']))
+  o1, o2 = forward(params, b1), forward(params, b2)
+  # Targets are the unmasked region features; predictions see the masked input.
+  np.testing.assert_allclose(o1['mpm_target'], o2['mpm_target'], atol=1e-6)
+  assert np.abs(o1['mpm_r_pred'][0] - o2['mpm_r_pred'][0]).max() > 1e-4
+  np.testing.assert_allclose(o1['query_emb'], o2['query_emb'], atol=1e-6)
+
+
+def _stand_in_loss(out, batch):
+  """A scalar touching every output of contract 4 (no real objective)."""
+  mlm = sum(
+    jnp.mean(jax.nn.logsumexp(out[f'mlm_{f}_logits'], -1) * batch[f'mlm_{f}_weights'])
+    for f in ('query', 'title')
+  )
+  sim = out['query_emb'] @ out['product_emb'].T / out['qpm_temperature']
+  mpm = jnp.mean((out['mpm_pred'] - out['mpm_target']) ** 2)
+  mpm_r = jnp.mean(jnp.sum(out['mpm_r_pred'] * out['mpm_target'], -1)) / out['mpm_r_tau']
+  gate = jnp.sum(out['modal_weights'][:, 1] ** 2)
+  return jnp.mean(jax.nn.log_softmax(sim)) + mlm + mpm + mpm_r + gate
+
+
+def _real_loss(out, batch, config):
+  from make_jax.losses.total import compute_losses
+
+  loss_cfg = config.loss.copy_and_resolve_references()
+  with loss_cfg.unlocked():
+    for k in loss_cfg.weights:
+      loss_cfg.weights[k] = 1.0
+    loss_cfg.bank_batches = 0
+  loss, _ = compute_losses(out, batch, loss_cfg, step=0, num_steps=10, bank=None)
+  return loss
+
+
+def _objective() -> str:
+  """The real objective once make_jax/losses is importable, else the stand-in."""
+  try:
+    import make_jax.losses.total  # noqa: F401
+  except ImportError:
+    return 'stand_in'
+  return 'compute_losses'
+
+
+def test_gradients_reach_every_parameter(config, model, params):
+  objective = _objective()
+  batch = mask_batch(
+    _batch(config),
+    jax.random.key(1),
+    config.masking,
+    pad_id=0,
+    cls_id=2,
+    sep_id=3,
+    mask_id=4,
+    vocab_size=config.model.vocab_size,
+    num_regions=16,
+  )
+
+  def loss_fn(p):
+    out = model.apply({'params': p}, batch, train=True, rngs={'dropout': jax.random.key(2)})
+    if objective == 'stand_in':
+      return _stand_in_loss(out, batch)
+    return _real_loss(out, batch, config)
+
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+  assert np.isfinite(loss)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  none = [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g) != 0)]
+  nan = [jax.tree_util.keystr(k) for k, g in flat if not np.isfinite(np.asarray(g)).all()]
+  assert not none, f'parameters without gradient: {none}'
+  assert not nan, f'parameters with non-finite gradient: {nan}'
+
+
+def test_modal_adaptation_off_uses_equal_weights(config):
+  cfg = dataclasses.replace(
+    ModelConfig.from_config(config), modal_adaptation=False, num_layers=1, image_num_layers=1
+  )
+  model = MakeModel(cfg)
+  b = _batch(config)
+  out, variables = jax.jit(lambda r, b: model.init_with_output({'params': r}, b))(
+    jax.random.key(0), b
+  )
+  assert 'fusion' not in variables['params'] and 'gate_out' not in variables['params']
+  np.testing.assert_array_equal(out['modal_weights'], [[0.5, 0.5], [1, 0], [0.5, 0.5], [0.5, 0.5]])
+
+
+def test_bad_batch_is_a_clear_error(config, model, params):
+  b = _batch(config)
+  b.pop('image_missing')
+  with pytest.raises(ValueError, match="missing 'image_missing'"):
+    model.apply({'params': params}, b)
+  b = _batch(config)
+  b['image'] = b['image'][..., :1]
+  with pytest.raises(ValueError, match=r'image must be \[batch, size, size, 3\]'):
+    jax.eval_shape(lambda: model.apply({'params': params}, b))
