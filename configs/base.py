@@ -19,7 +19,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- Data (SPEC section 1) -------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic_products'  # TFDS builder name: synthetic_products | fashion_products.
-  c.data.builder_config = 'en'  # Synthetic: en, zh, en_small, zh_small, en_n<count>; fashion: default, hide_colour.
+  c.data.builder_config = (
+    'en'  # Synthetic: en, zh, en_small, zh_small, en_n<count>; fashion: default, hide_colour.
+  )
   c.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default (~/tensorflow_datasets).
   c.data.manual_dir = '../shared/data'  # Where fashion_products finds its zip archive.
   c.data.train_split = 'train'  # Split of (query, product) click pairs to train on.
@@ -72,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- Losses (SPEC sections 4, 5) -------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
   c.loss.weights = ml_collections.ConfigDict(
-      dict(mlm=1.0, mpm=0.0, mpm_r=1.0, qpm=1.0, qpc=1.0)
+    dict(mlm=1.0, mpm=0.0, mpm_r=1.0, qpm=1.0, qpc=1.0)
   )  # Weighted sum of the tasks; 0 switches a task off (ablations).
   c.loss.qpm_temperature = 0.05  # Initial QPM temperature: s = (u.v)/T - log p.
   c.loss.qpm_learn_temperature = True  # Train the QPM temperature (kept positive).

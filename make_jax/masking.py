@@ -128,3 +128,28 @@ def mask_batch(
   regions = jax.random.uniform(k_region, (missing.shape[0], num_regions)) < cfg.mpm_prob
   out['mpm_mask'] = (regions & ~missing[:, None]).astype(jnp.float32)
   return out
+
+
+def mask_batch_by_example(
+  batch: dict[str, Any],
+  rng: jax.Array,
+  cfg: ml_collections.ConfigDict,
+  *,
+  row_offset: int | jax.Array = 0,
+  **ids: int,
+) -> dict[str, Any]:
+  """`mask_batch` with one key per example: row r uses fold_in(rng, row_offset + r).
+
+  Why: an example's masks then depend on its position in the *global* batch, not on how
+  that batch is split over devices, so a data-parallel step (each device passing
+  `row_offset = device index * per-device batch`) masks exactly what one device holding
+  the global batch would. `ids` are `mask_batch`'s keyword arguments.
+  """
+  n = jnp.asarray(batch['image_missing']).shape[0]
+  keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(row_offset + jnp.arange(n))
+
+  def one(key, row):
+    out = mask_batch(jax.tree.map(lambda x: x[None], row), key, cfg, **ids)
+    return jax.tree.map(lambda x: x[0], out)
+
+  return jax.vmap(one)(keys, dict(batch))

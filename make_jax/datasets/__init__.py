@@ -5,6 +5,6 @@
 """
 
 from make_jax.datasets import (
-    fashion_products,  # noqa: F401  (registers the builder)
-    synthetic_products,  # noqa: F401  (registers the builder)
+  fashion_products,  # noqa: F401  (registers the builder)
+  synthetic_products,  # noqa: F401  (registers the builder)
 )
