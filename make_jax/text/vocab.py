@@ -8,11 +8,11 @@ number (0-based). A learned vocabulary starts with the specials [PAD]=0 [UNK]=1 
 """
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, models, trainers
 
+from make_jax import atomic_file
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import segment as segment_lib
 from make_jax.text import wordpiece
@@ -51,20 +51,7 @@ def save_vocab(tokens: Sequence[str], path: str | os.PathLike) -> None:
   """
   tokens = list(tokens)
   wordpiece.validate_vocab(tokens)
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vocab-', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
-      f.write(''.join(t + '\n' for t in tokens))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_file.write_text(path, ''.join(t + '\n' for t in tokens))
 
 
 def _segmented(corpus: Iterable[str | bytes]) -> Iterator[str]:
