@@ -61,6 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.image_num_layers = 6  # Transformer layers of the image encoder.
   c.model.modal_adaptation = True  # MA on; off: title and image averaged with equal weights.
   c.model.fusion_layers = 1  # MA fusion layers over the concatenated title+image sequence.
+  # QPM/QPC embeddings from a second pass over the unmasked query, title and regions (the
+  # ResNet runs once); False: one pass, embeddings from the MLM/MPM-masked inputs (cheaper,
+  # but a short query whose only keyword is masked cannot be matched).
+  c.model.retrieval_from_unmasked = True
 
   # --- Masking for MLM / MPM and Keyword Enhancement (SPEC sections 3, 4) ---------------
   c.masking = ml_collections.ConfigDict()

@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.image_num_layers = 2
   c.model.dropout_rate = 0.0
   c.loss.bank_batches = 4
-  c.train.num_steps = 200
+  c.optim.learning_rate = 1e-3  # A small model on a few hundred steps needs a larger step.
+  c.train.num_steps = 300
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   return c

@@ -150,6 +150,32 @@ def test_encode_methods_match_training_outputs(config, model, params, forward):
   np.testing.assert_allclose(w, out['modal_weights'], atol=1e-6)
 
 
+def test_retrieval_embeddings_come_from_the_unmasked_inputs(config, model, params, forward):
+  clean = _batch(config)
+  clean.pop('mpm_mask')
+  masked = mask_batch(
+    _batch(config),
+    jax.random.key(3),
+    config.masking,
+    pad_id=0,
+    cls_id=2,
+    sep_id=3,
+    mask_id=4,
+    vocab_size=config.model.vocab_size,
+    num_regions=16,
+  )
+  assert (masked['query_ids'] != clean['query_ids']).any()  # Something was masked.
+  out_clean, out_masked = forward(params, clean), forward(params, masked)
+  for key in ('query_emb', 'product_emb', 'modal_weights'):
+    np.testing.assert_allclose(out_masked[key], out_clean[key], atol=1e-6)
+  # The masked pass still feeds MLM: its logits differ where tokens were masked.
+  assert np.abs(out_masked['mlm_query_logits'] - out_clean['mlm_query_logits']).max() > 1e-3
+  # The single-pass ablation takes the embeddings from the masked inputs instead.
+  one_pass = MakeModel(dataclasses.replace(model.cfg, retrieval_from_unmasked=False))
+  out_one = jax.jit(lambda p, b: one_pass.apply({'params': p}, b))(params, masked)
+  assert np.abs(out_one['query_emb'] - out_clean['query_emb']).max() > 1e-4
+
+
 def test_region_masking_changes_only_image_side(config, params, forward):
   b1 = _batch(config)
   b2 = dict(b1, mpm_mask=np.zeros_like(b1['mpm_mask']))

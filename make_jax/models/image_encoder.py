@@ -29,14 +29,21 @@ class ImageEncoder(nn.Module):
 
   @nn.compact
   def __call__(
-    self, image: jax.Array, mpm_mask: jax.Array | None = None, *, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Returns (token outputs [B, 1 + R, H], region features v [B, R, H]).
+    self,
+    image: jax.Array,
+    mpm_mask: jax.Array | None = None,
+    *,
+    train: bool = False,
+    with_unmasked: bool = False,
+  ) -> tuple[jax.Array, ...]:
+    """Returns (token outputs [B, 1 + R, H], region features v [B, R, H][, unmasked tokens]).
 
     Args:
       image: uint8 [B, S, S, 3].
       mpm_mask: optional float [B, R]; 1.0 replaces region r's input by the [MASK] vector.
       train: enables dropout.
+      with_unmasked: also return the token outputs of the unmasked regions, from the same
+        backbone pass (the ResNet runs once; the transformer twice, with shared weights).
     """
     cfg = self.cfg
     if image.ndim != 4 or image.shape[-1] != 3:
@@ -61,29 +68,36 @@ class ImageEncoder(nn.Module):
       name='region_proj',
     )(regions.astype(cfg.compute_dtype))
     v = constrain(v, ('act_batch', 'act_regions', 'act_embed'))
-    x = v
-    if mpm_mask is not None:
-      if mpm_mask.shape != v.shape[:2]:
-        raise ValueError(f'mpm_mask must be {v.shape[:2]}; got {mpm_mask.shape}')
-      mask_vec = self.param(
-        'mask_region', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
-      )
-      x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(x.dtype), x)
+    if mpm_mask is not None and mpm_mask.shape != v.shape[:2]:
+      raise ValueError(f'mpm_mask must be {v.shape[:2]}; got {mpm_mask.shape}')
     cls = self.param(
       'cls', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
     )
-    cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.hidden_size))
-    x = jnp.concatenate([cls, x], axis=1)
     pos = self.param(
       'position_embeddings',
       partitioned(BERT_INIT, ('position', 'embed')),
       (cfg.num_regions + 1, cfg.hidden_size),
       cfg.params_dtype,
     )
-    x = x + pos.astype(x.dtype)[None]
-    x = layer_norm(cfg, 'embeddings_ln')(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
-    x = constrain(x, BATCH_LEN_EMBED)
-    mask = jnp.ones(x.shape[:2], jnp.int32)
-    tokens = TransformerStack(cfg, cfg.image_num_layers, name='stack')(x, mask, train=train)
+    embeddings_ln = layer_norm(cfg, 'embeddings_ln')
+    dropout = nn.Dropout(cfg.dropout_rate)
+    stack = TransformerStack(cfg, cfg.image_num_layers, name='stack')
+
+    def encode(x: jax.Array) -> jax.Array:
+      x = jnp.concatenate(
+        [jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.hidden_size)), x], axis=1
+      )
+      x = embeddings_ln(x + pos.astype(x.dtype)[None])
+      x = constrain(dropout(x, deterministic=not train), BATCH_LEN_EMBED)
+      return stack(x, jnp.ones(x.shape[:2], jnp.int32), train=train)
+
+    x = v
+    if mpm_mask is not None:
+      mask_vec = self.param(
+        'mask_region', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+      )
+      x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(x.dtype), x)
+    tokens = encode(x)
+    if with_unmasked:
+      return tokens, v, (encode(v) if mpm_mask is not None else tokens)
     return tokens, v

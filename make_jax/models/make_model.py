@@ -4,6 +4,11 @@ SPEC 3 and contract 4. One forward pass over a (masked) training batch gives eve
 the losses need: the L2-normalised query and product embeddings, the modal weights
 (a_title, a_image), MLM logits, MPM / MPM_R predictions and targets, and the temperatures.
 
+Retrieval embeddings (QPM, QPC) come, by default, from a pass over the *unmasked* query,
+title and image regions, and MLM / MPM / MPM_R from the masked pass (as contrastive
+vision-language pre-training usually separates them): a short query whose only keyword
+is masked would otherwise be unmatchable. The ResNet runs once for both passes.
+
 Modal Adaptation (this project's reading of MAKE): `fusion_layers` transformer layers attend
 over [title tokens; image tokens] (each with a modality embedding); a gate MLP on the fused
 title and image [CLS] vectors gives (a_title, a_image) = softmax(g(h_title, h_image)); the
@@ -112,14 +117,13 @@ class MakeModel(nn.Module):
     train: bool = False,
   ) -> tuple[jax.Array, jax.Array]:
     """Product embeddings [B, d] (L2-normalised, float32) and modal weights [B, 2]."""
-    emb, weights, _, _, _ = self._product(title_ids, title_mask, image, image_missing, None, train)
-    return emb, weights
-
-  def _product(self, title_ids, title_mask, image, image_missing, mpm_mask, train):
-    """Product encoder; also returns title/image token outputs and region features."""
-    cfg = self.cfg
     title = self.title_encoder(title_ids, title_mask, train=train)
-    img, v = self.image_encoder(image, mpm_mask, train=train)
+    img, _ = self.image_encoder(image, None, train=train)
+    return self._fuse(title, title_mask, img, image_missing, train)
+
+  def _fuse(self, title, title_mask, img, image_missing, train):
+    """Modal Adaptation over title and image token outputs -> (embedding, modal weights)."""
+    cfg = self.cfg
     missing = jnp.asarray(image_missing).astype(bool)
     if missing.shape != (title.shape[0],):
       raise ValueError(f'image_missing must be [{title.shape[0]}]; got {missing.shape}')
@@ -148,7 +152,7 @@ class MakeModel(nn.Module):
       missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image
     )
     emb = constrain(l2_normalize(mixed), ('act_batch', 'act_embed'))
-    return emb, weights, title, img, v
+    return emb, weights
 
   # --- Training forward pass ---------------------------------------------------------------
 
@@ -158,15 +162,30 @@ class MakeModel(nn.Module):
     for key in ('query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing'):
       if key not in batch:
         raise ValueError(f'batch is missing {key!r}; it has {sorted(batch)}')
+    # Masked pass (MLM / MPM inputs; `mask_batch` put the masked ids in *_ids).
     query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train)
-    query_emb = l2_normalize(self.query_proj(query[:, 0]))
-    product_emb, weights, title, img, v = self._product(
-      batch['title_ids'],
-      batch['title_mask'],
-      batch['image'],
-      batch['image_missing'],
-      batch.get('mpm_mask'),
-      train,
+    title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train)
+    if cfg.retrieval_from_unmasked:
+      img, v, img_clean = self.image_encoder(
+        batch['image'], batch.get('mpm_mask'), train=train, with_unmasked=True
+      )
+    else:
+      img, v = self.image_encoder(batch['image'], batch.get('mpm_mask'), train=train)
+      img_clean = img
+    # Retrieval pass: the unmasked inputs (`mask_batch` keeps the original ids as labels).
+    query_clean, title_clean = query, title
+    if cfg.retrieval_from_unmasked:
+      if 'mlm_query_labels' in batch:
+        query_clean = self.query_encoder(
+          batch['mlm_query_labels'], batch['query_mask'], train=train
+        )
+      if 'mlm_title_labels' in batch:
+        title_clean = self.title_encoder(
+          batch['mlm_title_labels'], batch['title_mask'], train=train
+        )
+    query_emb = l2_normalize(self.query_proj(query_clean[:, 0]))
+    product_emb, weights = self._fuse(
+      title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
     )
     regions = img[:, 1:]
     target = v.astype(jnp.float32)

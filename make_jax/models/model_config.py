@@ -45,6 +45,7 @@ class ModelConfig:
   image_num_layers: int = 6
   modal_adaptation: bool = True
   fusion_layers: int = 1
+  retrieval_from_unmasked: bool = True
   # From the loss section: initial values of the trainable temperatures and QPC constants.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
