@@ -44,6 +44,11 @@ def stats(name: str, batch_size: int, backward: bool) -> dict[str, float]:
   config = importlib.import_module(f'configs.{name}').get_config()
   model = build_model(config)
   batch = example_batch(config, batch_size)
+  # A training batch (as `mask_batch` leaves it): the labels make the model run its
+  # retrieval pass over the unmasked inputs too, so the FLOPs are those of a train step.
+  for field in ('query', 'title'):
+    batch[f'mlm_{field}_labels'] = batch[f'{field}_ids']
+    batch[f'mlm_{field}_weights'] = np.zeros(batch[f'{field}_ids'].shape, np.float32)
   abstract = meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), batch)))['params']
   counts = dict.fromkeys(GROUPS, 0)
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
