@@ -135,7 +135,7 @@ def make_train_step(
     bank = state.bank.push(
       jax.lax.stop_gradient(product_emb), batch['log_p'], batch['product_id'], axis_name=axis_name
     )
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, bank=bank)
     return new_state, metrics
 

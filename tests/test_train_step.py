@@ -1,0 +1,299 @@
+"""The train step: data-parallel runs equal one device holding the global batch (SPEC 5-6).
+
+A user trains on 8 devices and relies on getting the model one device would have trained on
+the global batch: same parameters, optimiser state, MBNS queue and logged metrics. Here two
+steps of `make_train_step` on configs/tiny.py run on one device (plain `jax.jit`), under
+`jax.pmap` over 8 fake CPU devices (tests/conftest.py) and under `jax.shard_map` inside
+`jax.jit`, and are compared. A deliberately wrong gradient reduction (a pmean) is shown to be
+caught. Also: per-example masking is independent of the device split, and 60 steps on one
+fixed batch clearly reduce the loss (the step learns at all).
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import tiny
+from make_jax import masking, optimizer, train_step
+from make_jax.models import make_model
+
+N_DEV, GB = 8, 16
+PER_DEV = GB // N_DEV
+PAD, CLS, SEP, MASK = 0, 2, 3, 4
+TOKENIZER_VOCAB = 1500  # Below the model's 2048 rows, like a learned vocabulary.
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  """The special ids and vocabulary size `make_train_step` needs of a tokenizer."""
+
+  pad_id: int = PAD
+  cls_id: int = CLS
+  sep_id: int = SEP
+  mask_id: int = MASK
+  vocab_size: int = TOKENIZER_VOCAB
+
+
+def _config():
+  config = tiny.get_config()
+  config.data.global_batch_size = GB
+  # One layer per encoder halves the compile time of each of the four step variants below;
+  # every module (ResNet, image/text encoders, fusion, heads) is still in the step.
+  config.model.num_layers = 1
+  config.model.image_num_layers = 1
+  # CDNS from step 0. Before CDNS a device's in-batch negatives are its own rows only, while
+  # one device holding the global batch sees all 16 as local: the runs only agree with CDNS on.
+  config.loss.cdns_start_fraction = 0.0
+  config.loss.bank_batches = 2
+  config.optim.learning_rate = 3e-3
+  config.optim.warmup_fraction = 0.0  # Full rate from step 0, so the first step moves params.
+  # No clipping: clipped to norm 1 (the gradient norm here is ~200) the step would not see a
+  # gradient's scale at all, and a reduction off by the device count would only show in the
+  # grad_norm metric. Unclipped it shows in Adam's moments too.
+  config.optim.grad_clip_norm = 0.0
+  config.train.num_steps = 100  # Sets the schedule's decay; tests run at most 60 steps.
+  return config
+
+
+def _batch(config, seed=0):
+  """A valid random global batch of contract 2 (no mpm_mask: masking adds it)."""
+  rs = np.random.default_rng(seed)
+  batch = make_model.example_batch(config, GB)
+  del batch['mpm_mask']
+  for field in ('query', 'title'):
+    length = batch[f'{field}_ids'].shape[1]
+    n = rs.integers(3, length + 1, size=GB)
+    mask = (np.arange(length)[None] < n[:, None]).astype(np.int32)
+    ids = rs.integers(5, TOKENIZER_VOCAB, size=(GB, length)).astype(np.int32)
+    ids[:, 0] = CLS
+    ids[np.arange(GB), n - 1] = SEP
+    inner = mask * (ids != CLS) * (ids != SEP)
+    batch[f'{field}_ids'] = np.where(mask > 0, ids, PAD).astype(np.int32)
+    batch[f'{field}_mask'] = mask
+    batch[f'{field}_keyword'] = ((rs.uniform(size=(GB, length)) < 0.3) * inner).astype(np.int32)
+  batch['image'] = rs.integers(0, 256, size=batch['image'].shape, dtype=np.uint8)
+  batch['image_missing'][[5, 12]] = True
+  batch['product_id'] = rs.integers(0, 11, size=GB).astype(np.int32)  # Duplicate ids.
+  batch['log_p'] = np.log(rs.uniform(1e-3, 0.1, size=GB)).astype(np.float32)
+  return batch
+
+
+@pytest.fixture(scope='module')
+def setup():
+  """Config, model, optimiser, initial state and the jitted single-device step (compiled once)."""
+  config = _config()
+  model = make_model.build_model(config)
+  rng = jax.random.key(config.seed)
+  params = make_model.init_params(model, rng, make_model.example_batch(config, 2))
+  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
+  state = train_step.create_train_state(model, params, tx, config, rng)
+  single = jax.jit(train_step.make_train_step(model, tx, config, Tokens()))
+  return config, model, tx, state, single
+
+
+def _run(step_fn, state, batches):
+  metrics = []
+  for b in batches:
+    state, m = step_fn(state, b)
+    metrics.append(m)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def _split(tree):
+  return jax.tree.map(lambda a: a.reshape((N_DEV, PER_DEV) + a.shape[1:]), tree)
+
+
+def _keys_as_data(tree):
+  return jax.tree.map(
+    lambda a: jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a,
+    tree,
+  )
+
+
+def _pmap_inputs(state, batch):
+  """Replicated state and split batch, placed as pmap places its outputs (one compile)."""
+  mesh = jax.make_mesh((N_DEV,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  put = lambda a: jax.device_put(a, NamedSharding(mesh, P('data')))
+  replicate = lambda a: put(np.broadcast_to(np.asarray(a), (N_DEV,) + np.shape(a)))
+  state = jax.tree.map(replicate, state.replace(rng=jax.random.key_data(state.rng)))
+  return state.replace(rng=jax.random.wrap_key_data(state.rng)), put(_split(batch))
+
+
+def _run_pmap(setup, batches, reduce=None, monkeypatch=None):
+  config, model, tx, state, _ = setup
+  if reduce is not None:
+    monkeypatch.setattr(train_step, 'reduce_gradients', reduce)
+  step_fn = jax.pmap(
+    train_step.make_train_step(model, tx, config, Tokens(), axis_name='data'), axis_name='data'
+  )
+  inputs = [_pmap_inputs(state, b) for b in batches]
+  state, metrics = _run(step_fn, inputs[0][0], [b for _, b in inputs])
+  state, metrics = _keys_as_data((state, metrics))
+  # Every device must hold the same state and report the same global metrics.
+  for leaf in jax.tree.leaves((state, metrics)):
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
+  return jax.tree.map(lambda a: a[0], (state, metrics))
+
+
+def _run_shard_map(setup, batches):
+  config, model, tx, state, _ = setup
+  mesh = jax.make_mesh((N_DEV,), ('data',))
+  step_fn = jax.jit(
+    jax.shard_map(
+      train_step.make_train_step(model, tx, config, Tokens(), axis_name='data'),
+      mesh=mesh,
+      in_specs=(P(), P('data')),
+      # The new state (reduced gradients, queue of gathered global batches) and the metrics
+      # are replicated values: they leave with P().
+      out_specs=(P(), P()),
+    )
+  )
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  batches = [jax.device_put(b, NamedSharding(mesh, P('data'))) for b in batches]
+  return _keys_as_data(_run(step_fn, state, batches))
+
+
+SPLIT_METRICS = ('qpm_negatives_local', 'qpm_negatives_cross_device')
+
+
+def _max_abs(tree):
+  return max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(tree) if np.size(x))
+
+
+def _assert_same(got, want, lr):
+  """Sharded run `got` equals single-device run `want`, within float32 summation-order noise.
+
+  The sharded runs add the same terms in another order (per-device partial sums, then a psum),
+  so values agree to float32 rounding of sums, which is relative to the largest summand:
+  - metrics and the queue: rtol 1e-5 (observed <= 5e-7);
+  - Adam's moments (gradient space): within 1e-4 of each leaf's largest entry plus 1e-6 of the
+    largest entry of that moment over all parameters (observed 3e-5 and 7e-9);
+  - parameters: updates within 0.05 * lr (observed 0.01 * lr). Adam divides a gradient by its
+    own RMS, so a near-cancelling sum's rounding noise becomes a visible step. Where the true
+    gradient is zero (a bias added to every MPM_R prediction or every attention key cancels in
+    the softmax) Adam turns pure noise into steps of up to ~lr: only bounded there.
+  """
+  (g_state, g_metrics), (w_state, w_metrics) = got, want
+  for g, w in zip(g_metrics, w_metrics, strict=True):
+    assert set(g) == set(w)
+    # One device counts every in-batch negative as local; sharded, most are cross-device.
+    np.testing.assert_allclose(
+      g[SPLIT_METRICS[0]] + g[SPLIT_METRICS[1]], w[SPLIT_METRICS[0]], rtol=1e-6
+    )
+    for k in w:
+      if k not in SPLIT_METRICS:
+        np.testing.assert_allclose(g[k], w[k], rtol=1e-5, atol=1e-6, err_msg=f'metric {k}')
+  w_state = _keys_as_data(w_state)
+  np.testing.assert_array_equal(g_state.step, w_state.step)
+  np.testing.assert_array_equal(g_state.rng, w_state.rng)
+  leaves = lambda tree: jax.tree_util.tree_leaves_with_path(tree)
+  for (path, g), (_, w) in zip(leaves(g_state.bank), leaves(w_state.bank), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f'bank{path}')
+  for (_, g), (_, w) in zip(
+    *(optax.tree.get_all_with_path(s.opt_state, 'count') for s in (g_state, w_state)), strict=True
+  ):
+    np.testing.assert_array_equal(g, w)
+  for moment in ('mu', 'nu'):
+    g_m, w_m = (optax.tree.get(s.opt_state, moment) for s in (g_state, w_state))
+    floor = 1e-6 * _max_abs(w_m)
+    for (path, g), (_, w) in zip(leaves(g_m), leaves(w_m), strict=True):
+      np.testing.assert_allclose(
+        g, w, rtol=0, atol=1e-4 * _max_abs(w) + floor, err_msg=f'opt_state.{moment}{path}'
+      )
+  mu = optax.tree.get(w_state.opt_state, 'mu')
+  zero_grad = jax.tree.map(lambda m: _max_abs(m) < 1e-6 * _max_abs(mu), mu)
+  steps = int(w_state.step)
+  for (path, g), (_, w), (_, zero) in zip(
+    leaves(g_state.params), leaves(w_state.params), leaves(zero_grad), strict=True
+  ):
+    atol = 3 * lr * steps if zero else 0.05 * lr
+    np.testing.assert_allclose(g, w, rtol=0, atol=atol, err_msg=f'params{path}')
+
+
+@pytest.fixture(scope='module')
+def reference(setup):
+  """Two steps on one device holding the global batch."""
+  *_, state, single = setup
+  batches = [_batch(setup[0], seed) for seed in (1, 2)]
+  return batches, _run(single, state, batches)
+
+
+@pytest.mark.slow
+def test_pmap_step_equals_single_device(setup, reference):
+  batches, want = reference
+  w_state, w_metrics = want
+  # The comparison is not vacuous: the queue holds both batches, every term is active,
+  # queries see cross-device and queue negatives, and the parameters moved.
+  assert bool(np.all(w_state.bank.valid)) and int(w_state.step) == 2
+  assert w_metrics[1]['qpm_negatives_bank'] > 0 and w_metrics[1]['qpm_cdns_on'] == 1.0
+  for k in ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r'):
+    assert np.isfinite(w_metrics[1][k]) and w_metrics[1][k] > 0, k
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), w_state.params, setup[3].params)
+  assert max(jax.tree.leaves(moved)) > 1e-3
+  got = _run_pmap(setup, batches)
+  assert got[1][1]['qpm_negatives_cross_device'] > got[1][1]['qpm_negatives_local'] > 0
+  _assert_same(got, want, setup[0].optim.learning_rate)
+
+
+@pytest.mark.slow
+def test_shard_map_step_equals_single_device(setup, reference):
+  batches, want = reference
+  _assert_same(_run_shard_map(setup, batches), want, setup[0].optim.learning_rate)
+
+
+@pytest.mark.slow
+def test_comparison_catches_a_pmean_of_the_gradients(setup, reference, monkeypatch):
+  batches, want = reference
+  wrong = lambda grads, axis_name: jax.lax.pmean(grads, axis_name)
+  got = _run_pmap(setup, batches, reduce=wrong, monkeypatch=monkeypatch)
+  # AdamW is nearly invariant to a uniform gradient scale, so the parameters barely show it
+  # (only through Adam's eps); the gradient norm and Adam's moments do (1/8 of the truth).
+  np.testing.assert_allclose(got[1][0]['grad_norm'], want[1][0]['grad_norm'] / N_DEV, rtol=1e-4)
+  lr = setup[0].optim.learning_rate
+  with pytest.raises(AssertionError, match='metric grad_norm'):
+    _assert_same(got, want, lr)
+  # The state comparison alone catches it too (queue of step-2 embeddings, moments).
+  with pytest.raises(AssertionError, match='opt_state|bank|params'):
+    _assert_same((got[0], want[1]), want, lr)
+
+
+def test_masks_depend_only_on_the_global_row():
+  config = _config()
+  batch = _batch(config, 3)
+  ids = dict(pad_id=PAD, cls_id=CLS, sep_id=SEP, mask_id=MASK, vocab_size=TOKENIZER_VOCAB)
+  fn = jax.jit(
+    lambda b, r, off: masking.mask_batch_by_example(
+      b, r, config.masking, row_offset=off, num_regions=16, **ids
+    )
+  )
+  rng = jax.random.key(7)
+  whole = jax.device_get(fn(batch, rng, 0))
+  halves = [
+    jax.device_get(fn(jax.tree.map(lambda a, s=s: a[s : s + 8], batch), rng, s)) for s in (0, 8)
+  ]
+  joined = jax.tree.map(lambda a, b: np.concatenate([a, b]), *halves)
+  assert set(whole) == set(joined)
+  for k in whole:
+    np.testing.assert_array_equal(whole[k], joined[k], err_msg=k)
+  # Something was masked, and without the offset the second half would be masked differently.
+  assert whole['mlm_title_weights'].sum() > 0 and whole['mpm_mask'].sum() > 0
+  unshifted = jax.device_get(fn(jax.tree.map(lambda a: a[8:], batch), rng, 0))
+  assert not np.array_equal(unshifted['mlm_title_weights'], whole['mlm_title_weights'][8:])
+
+
+def test_sixty_steps_on_one_batch_reduce_the_loss(setup):
+  *_, state, single = setup
+  batch = _batch(setup[0], 4)
+  losses = []
+  for _ in range(60):
+    state, metrics = single(state, batch)
+    losses.append(float(metrics['loss']))
+  assert np.all(np.isfinite(losses))
+  # Masks change every step (they fold in the step), so MLM cannot reach 0; observed: the
+  # last five steps average ~0.5x the first loss, after a first-step spike from full-rate Adam.
+  assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
