@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.type_vocab_size = 2  # Token-type rows (BERT checkpoints carry 2).
   c.model.dropout_rate = 0.1  # Hidden and attention dropout.
   c.model.layer_norm_eps = 1e-12  # BERT's LayerNorm epsilon.
+  c.model.init_std = 0.02  # Std of the normal weight/embedding init (BERT's; ~1/sqrt(hidden)).
   c.model.dtype = 'float32'  # Compute dtype: float32 on CPU, bfloat16 on accelerators.
   c.model.param_dtype = 'float32'  # Parameters are kept in float32.
   c.model.embed_dim = 256  # d: dimension of the L2-normalised query/product embeddings.

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_layers = 2
   c.model.num_heads = 4
   c.model.mlp_dim = 128
+  c.model.init_std = 0.125  # 1/sqrt(64): at 0.02 a 64-wide model starts collapsed.
   c.model.max_position = 64
   c.model.embed_dim = 32
   c.model.resnet_depth = 18

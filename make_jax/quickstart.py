@@ -10,7 +10,7 @@ What it does, end to end on one device:
      tokens, keyword flags, log p;
   4. trains the model of `cfg` for a few steps with every configured loss (QPM with in-batch,
      CDNS and MBNS negatives, QPC, MLM with Keyword Enhancement, MPM_R) and prints the
-     metrics, writing them to `<workdir>/metrics.jsonl`.
+     metrics averaged over each logging window, writing them to `<workdir>/metrics.jsonl`.
 It grows with the project: indexing, evaluation and search join it as they land.
 """
 
@@ -96,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show: 
   """Builds the data, shows examples, trains `config.train.num_steps` steps on one device.
 
   Returns:
-    The metrics of the last step (floats).
+    The metrics averaged over the last logging window (floats).
 
   Raises:
     FloatingPointError: the loss became NaN or infinite.
@@ -135,21 +135,27 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show: 
   metrics_path = workdir / 'metrics.jsonl'
   last: dict[str, float] = {}
   start, timed_examples = 0.0, 0
+  window: list[dict[str, jax.Array]] = []  # Metrics since the last log line (on device).
   batch = first
   with metrics_path.open('w') as log:
     for i in range(config.train.num_steps):
       if i:
         batch = next(pipeline)
       state, metrics = step_fn(state, batch)
+      window.append(metrics)
       if i == 0:  # Throughput excludes the first step (it compiles).
         jax.block_until_ready(metrics)
         start = time.perf_counter()
       else:
         timed_examples += data.global_batch_size
       if (i + 1) % config.train.log_every == 0 or i + 1 == config.train.num_steps:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(last['loss']):
-          raise FloatingPointError(f'Loss is {last["loss"]} at step {i + 1}')
+        steps = jax.device_get(window)
+        window = []
+        losses = [float(m['loss']) for m in steps]
+        if not all(math.isfinite(x) for x in losses):
+          raise FloatingPointError(f'Loss is not finite in steps up to {i + 1}: {losses}')
+        # Means over the window: one batch of 16 is too noisy to read a trend from.
+        last = {k: float(np.mean([m[k] for m in steps])) for k in steps[-1]}
         log.write(json.dumps({'step': i + 1, **last}) + '\n')
         rate = timed_examples / max(time.perf_counter() - start, 1e-9)
         terms = ' '.join(

@@ -7,7 +7,7 @@ import jax
 
 from make_jax.models.model_config import ModelConfig
 from make_jax.models.partitioning import constrain, partitioned
-from make_jax.models.transformer import BERT_INIT, ZEROS_INIT, layer_norm
+from make_jax.models.transformer import ZEROS_INIT, layer_norm, weight_init
 
 
 class _Transform(nn.Module):
@@ -22,7 +22,7 @@ class _Transform(nn.Module):
       cfg.hidden_size,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, ('embed', 'mlp')),
+      kernel_init=partitioned(weight_init(cfg), ('embed', 'mlp')),
       bias_init=partitioned(ZEROS_INIT, ('mlp',)),
       name='dense',
     )(x)
@@ -61,7 +61,7 @@ class RegionHead(nn.Module):
       self.out_dim,
       dtype=self.cfg.compute_dtype,
       param_dtype=self.cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, ('mlp', 'embed')),
+      kernel_init=partitioned(weight_init(self.cfg), ('mlp', 'embed')),
       bias_init=partitioned(ZEROS_INIT, ('embed',)),
       name='out',
     )(h)

@@ -15,10 +15,10 @@ from make_jax.models.partitioning import constrain, partitioned
 from make_jax.models.resnet import ResNet, adaptive_avg_pool
 from make_jax.models.transformer import (
   BATCH_LEN_EMBED,
-  BERT_INIT,
   ZEROS_INIT,
   TransformerStack,
   layer_norm,
+  weight_init,
 )
 
 
@@ -63,7 +63,7 @@ class ImageEncoder(nn.Module):
       cfg.hidden_size,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, ('region_features', 'embed')),
+      kernel_init=partitioned(weight_init(cfg), ('region_features', 'embed')),
       bias_init=partitioned(ZEROS_INIT, ('embed',)),
       name='region_proj',
     )(regions.astype(cfg.compute_dtype))
@@ -71,11 +71,11 @@ class ImageEncoder(nn.Module):
     if mpm_mask is not None and mpm_mask.shape != v.shape[:2]:
       raise ValueError(f'mpm_mask must be {v.shape[:2]}; got {mpm_mask.shape}')
     cls = self.param(
-      'cls', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+      'cls', partitioned(weight_init(cfg), ('embed',)), (cfg.hidden_size,), cfg.params_dtype
     )
     pos = self.param(
       'position_embeddings',
-      partitioned(BERT_INIT, ('position', 'embed')),
+      partitioned(weight_init(cfg), ('position', 'embed')),
       (cfg.num_regions + 1, cfg.hidden_size),
       cfg.params_dtype,
     )
@@ -94,7 +94,10 @@ class ImageEncoder(nn.Module):
     x = v
     if mpm_mask is not None:
       mask_vec = self.param(
-        'mask_region', partitioned(BERT_INIT, ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+        'mask_region',
+        partitioned(weight_init(cfg), ('embed',)),
+        (cfg.hidden_size,),
+        cfg.params_dtype,
       )
       x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(x.dtype), x)
     tokens = encode(x)

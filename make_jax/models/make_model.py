@@ -31,7 +31,7 @@ from make_jax.models.heads import MlmHead, RegionHead
 from make_jax.models.image_encoder import ImageEncoder
 from make_jax.models.model_config import ModelConfig
 from make_jax.models.partitioning import constrain, partitioned
-from make_jax.models.transformer import BERT_INIT, ZEROS_INIT, TextEncoder, TransformerStack
+from make_jax.models.transformer import ZEROS_INIT, TextEncoder, TransformerStack, weight_init
 
 OUTPUT_KEYS = (
   'query_emb',
@@ -66,7 +66,7 @@ class MakeModel(nn.Module):
       n,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, names),
+      kernel_init=partitioned(weight_init(cfg), names),
       bias_init=partitioned(ZEROS_INIT, names[1:]),
       name=name,
     )
@@ -79,7 +79,7 @@ class MakeModel(nn.Module):
     if cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
-        partitioned(BERT_INIT, ('modalities', 'embed')),
+        partitioned(weight_init(cfg), ('modalities', 'embed')),
         (2, cfg.hidden_size),
         cfg.params_dtype,
       )

@@ -35,6 +35,7 @@ class ModelConfig:
   type_vocab_size: int = 2
   dropout_rate: float = 0.1
   layer_norm_eps: float = 1e-12
+  init_std: float = 0.02
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   embed_dim: int = 256

@@ -14,9 +14,19 @@ import jax.numpy as jnp
 from make_jax.models.model_config import ModelConfig
 from make_jax.models.partitioning import constrain, partitioned
 
-# BERT's initializer (truncated normal, std 0.02 in HF; a normal is close enough for training
-# from scratch, and pretrained weights replace it anyway).
-BERT_INIT = nn.initializers.normal(stddev=0.02)
+
+def weight_init(cfg: ModelConfig) -> nn.initializers.Initializer:
+  """Normal(0, cfg.init_std) for weights and embeddings (BERT: 0.02 for a 768-wide model).
+
+  A truncated normal in HF; a normal is close enough for training from scratch, and
+  pretrained weights replace it anyway. Narrow models need a larger std (about
+  1/sqrt(hidden)): with 0.02 at width 64 every [CLS] output starts nearly identical
+  (cosine 0.9999 between queries), and the retrieval losses sit at chance for hundreds
+  of steps before the symmetry breaks.
+  """
+  return nn.initializers.normal(stddev=cfg.init_std)
+
+
 ZEROS_INIT = nn.initializers.zeros_init()
 ONES_INIT = nn.initializers.ones_init()
 
@@ -57,11 +67,15 @@ class HeadProjection(nn.Module):
   equation: str
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  init_std: float = 0.02
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-      'kernel', partitioned(BERT_INIT, self.kernel_names), self.kernel_shape, self.param_dtype
+      'kernel',
+      partitioned(nn.initializers.normal(stddev=self.init_std), self.kernel_names),
+      self.kernel_shape,
+      self.param_dtype,
     )
     bias_shape = self.kernel_shape[-len(self.bias_names) :]
     bias = self.param(
@@ -80,7 +94,7 @@ class SelfAttention(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, *, train: bool) -> jax.Array:
     cfg = self.cfg
     head_dim = cfg.hidden_size // cfg.num_heads
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.init_std)
 
     def proj(name: str) -> jax.Array:
       return HeadProjection(
@@ -127,7 +141,7 @@ class EncoderLayer(nn.Module):
       cfg.mlp_dim,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, ('embed', 'mlp')),
+      kernel_init=partitioned(weight_init(cfg), ('embed', 'mlp')),
       bias_init=partitioned(ZEROS_INIT, ('mlp',)),
       name='mlp_in',
     )(x)
@@ -136,7 +150,7 @@ class EncoderLayer(nn.Module):
       cfg.hidden_size,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(BERT_INIT, ('mlp', 'embed')),
+      kernel_init=partitioned(weight_init(cfg), ('mlp', 'embed')),
       bias_init=partitioned(ZEROS_INIT, ('embed',)),
       name='mlp_out',
     )(h)
@@ -174,7 +188,7 @@ class TextEncoder(nn.Module):
       cfg.hidden_size,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
-      embedding_init=partitioned(BERT_INIT, names),
+      embedding_init=partitioned(weight_init(cfg), names),
       name=name,
     )
     self.word_embeddings = embed(cfg.vocab_size, ('vocab', 'embed'), 'word_embeddings')
