@@ -48,6 +48,21 @@ def _batch(config, seed=0):
   return b
 
 
+def _masked(config, seed):
+  """`_batch` after MLM / MPM masking (ids as the tiny tests' vocabulary has them)."""
+  return mask_batch(
+    _batch(config),
+    jax.random.key(seed),
+    config.masking,
+    pad_id=0,
+    cls_id=2,
+    sep_id=3,
+    mask_id=4,
+    vocab_size=config.model.vocab_size,
+    num_regions=16,
+  )
+
+
 @pytest.fixture(scope='module')
 def params(model, config):
   variables = jax.jit(lambda r, b: model.init({'params': r}, b))(jax.random.key(0), _batch(config))
@@ -153,17 +168,7 @@ def test_encode_methods_match_training_outputs(config, model, params, forward):
 def test_retrieval_embeddings_come_from_the_unmasked_inputs(config, model, params, forward):
   clean = _batch(config)
   clean.pop('mpm_mask')
-  masked = mask_batch(
-    _batch(config),
-    jax.random.key(3),
-    config.masking,
-    pad_id=0,
-    cls_id=2,
-    sep_id=3,
-    mask_id=4,
-    vocab_size=config.model.vocab_size,
-    num_regions=16,
-  )
+  masked = _masked(config, 3)
   assert (masked['query_ids'] != clean['query_ids']).any()  # Something was masked.
   out_clean, out_masked = forward(params, clean), forward(params, masked)
   for key in ('query_emb', 'product_emb', 'modal_weights'):
@@ -222,17 +227,7 @@ def _objective() -> str:
 
 def test_gradients_reach_every_parameter(config, model, params):
   objective = _objective()
-  batch = mask_batch(
-    _batch(config),
-    jax.random.key(1),
-    config.masking,
-    pad_id=0,
-    cls_id=2,
-    sep_id=3,
-    mask_id=4,
-    vocab_size=config.model.vocab_size,
-    num_regions=16,
-  )
+  batch = _masked(config, 1)
 
   def loss_fn(p):
     out = model.apply({'params': p}, batch, train=True, rngs={'dropout': jax.random.key(2)})

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from make_jax.datasets import clicks, fashion
+from make_jax.datasets import clicks, fashion, features
 
 ARCHIVE = 'fashion-product-images-small.zip'
 ATTRIBUTE_FEATURES = (
@@ -79,22 +79,14 @@ class FashionProducts(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    text = tfds.features.Text
     return self.dataset_info_from_configs(
-      features=tfds.features.FeaturesDict(
-        {
-          'query': text(),
-          **{k: text() for k in fashion.INTENT_FEATURES},
-          'product_id': tfds.features.Scalar(np.int32),
-          'log_p': tfds.features.Scalar(np.float32),
-          'title': text(),
-          'image': tfds.features.Image(
-            shape=(fashion.IMAGE_HEIGHT, fashion.IMAGE_WIDTH, 3), encoding_format='jpeg'
-          ),
-          'image_missing': tfds.features.Scalar(np.bool_),
-          **{f: text() for f in ATTRIBUTE_FEATURES},
-          'year': tfds.features.Scalar(np.int32),
-        }
+      features=features.pair_features(
+        intent_features=fashion.INTENT_FEATURES,
+        attribute_features=ATTRIBUTE_FEATURES,
+        image=tfds.features.Image(
+          shape=(fashion.IMAGE_HEIGHT, fashion.IMAGE_WIDTH, 3), encoding_format='jpeg'
+        ),
+        extra={'year': tfds.features.Scalar(np.int32)},
       ),
       metadata=tfds.core.MetadataDict(),
       homepage='https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small',

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from make_jax.datasets import clicks, synthetic
+from make_jax.datasets import clicks, features, synthetic
 
 # Which product feature a query intent is judged against (P_rel / P_cate, SPEC 9).
 INTENT_FEATURES = {f'query_{f}': f for f in synthetic.INTENT_FIELDS}
@@ -83,22 +83,13 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.spec.image_size
-    text = tfds.features.Text
     return self.dataset_info_from_configs(
-      features=tfds.features.FeaturesDict(
-        {
-          'query': text(),
-          **{f'query_{f}': text() for f in synthetic.INTENT_FIELDS},
-          'product_id': tfds.features.Scalar(np.int32),
-          'log_p': tfds.features.Scalar(np.float32),
-          'title': text(),
-          'image': tfds.features.Image(shape=(s, s, 3), encoding_format='png'),
-          'image_missing': tfds.features.Scalar(np.bool_),
-          **{f: text() for f in ATTRIBUTE_FEATURES},
-        }
+      features=features.pair_features(
+        intent_features=[f'query_{f}' for f in synthetic.INTENT_FIELDS],
+        attribute_features=ATTRIBUTE_FEATURES,
+        image=tfds.features.Image(shape=(s, s, 3), encoding_format='png'),
       ),
       metadata=tfds.core.MetadataDict(),
-      homepage='https://github.com/make-jax/make_jax',
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
