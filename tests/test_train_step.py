@@ -297,3 +297,31 @@ def test_sixty_steps_on_one_batch_reduce_the_loss(setup):
   # Masks change every step (they fold in the step), so MLM cannot reach 0; observed: the
   # last five steps average ~0.5x the first loss, after a first-step spike from full-rate Adam.
   assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_trains_with_float32_params():
+  """configs/paper.py computes in bfloat16: a step runs, stays finite and keeps f32 params."""
+  config = _config()
+  config.model.dtype = 'bfloat16'
+  model = make_model.build_model(config)
+  rng = jax.random.key(config.seed)
+  params = make_model.init_params(model, rng, make_model.example_batch(config, 2))
+  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
+  state = train_step.create_train_state(model, params, tx, config, rng)
+  step = jax.jit(train_step.make_train_step(model, tx, config, Tokens()))
+  batch = _batch(config, 5)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert np.all(np.isfinite(losses)), losses
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  inputs = dict(batch, mpm_mask=np.zeros((GB, 16), np.float32))
+  jaxpr = str(jax.make_jaxpr(lambda p, b: model.apply({'params': p}, b))(state.params, inputs))
+  matmuls = [line for line in jaxpr.splitlines() if 'dot_general' in line]
+  # Compute really is bfloat16: most matrix products produce bf16 (logits are upcast).
+  assert sum('bf16[' in line.split('=')[0] for line in matmuls) > len(matmuls) // 2
+  out = model.apply({'params': state.params}, inputs)
+  assert out['query_emb'].dtype == np.float32  # Embeddings are normalised in float32.
+  assert losses[-1] < losses[0], losses
