@@ -8,7 +8,7 @@ MPM (regression, SPEC section 4): the mean squared error per feature over masked
 
   L_MPM = SUM_{masked (i,r)} ||v^_i^r - v_i^r||^2 / (Dr * N_MASK).
 
-MPM_R (paper eq. 1-2, /work/shared/papers/001 lines ~60-66): for a masked region with target
+MPM_R (paper eq. 1-2, ../shared/papers/001_d41c3a0a8916d27e.txt): for a masked region with target
 v and its own prediction v^,
 
   p(v, v^) = log exp(v . v^ / tau) / SUM_{i=1..N} SUM_{j=1..L} exp(v . v^_i^j / tau)
