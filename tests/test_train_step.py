@@ -86,7 +86,11 @@ def _batch(config, seed=0):
 @pytest.fixture(scope='module')
 def setup():
   """Config, model, optimiser, initial state and the jitted single-device step (compiled once)."""
-  config = _config()
+  return _build(_config())
+
+
+def _build(config):
+  """(config, model, optimiser, initial state, jitted single-device step) of `config`."""
   model = make_model.build_model(config)
   rng = jax.random.key(config.seed)
   params = make_model.init_params(model, rng, make_model.example_batch(config, 2))
@@ -304,12 +308,7 @@ def test_bfloat16_compute_trains_with_float32_params():
   """configs/paper.py computes in bfloat16: a step runs, stays finite and keeps f32 params."""
   config = _config()
   config.model.dtype = 'bfloat16'
-  model = make_model.build_model(config)
-  rng = jax.random.key(config.seed)
-  params = make_model.init_params(model, rng, make_model.example_batch(config, 2))
-  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
-  state = train_step.create_train_state(model, params, tx, config, rng)
-  step = jax.jit(train_step.make_train_step(model, tx, config, Tokens()))
+  _, model, _, state, step = _build(config)
   batch = _batch(config, 5)
   losses = []
   for _ in range(3):
