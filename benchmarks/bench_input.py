@@ -14,8 +14,8 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from configs import tiny
-from make_jax import input_pipeline
 from make_jax.datasets import loading
+from make_jax.input import pipeline as input_pipeline
 from make_jax.text.preprocess import TextPreprocessor
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/make_jax_tfds', 'TFDS data_dir.')

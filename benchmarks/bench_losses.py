@@ -49,7 +49,7 @@ def main(argv):
   from jax.sharding import PartitionSpec as P
 
   from make_jax.losses import qpm
-  from make_jax.memory_bank import MemoryBank
+  from make_jax.losses.memory_bank import MemoryBank
 
   n_dev = jax.device_count()
   gb, d, q_len = _GB.value, _DIM.value, _Q.value

@@ -7,7 +7,7 @@ In the same run it times a large float32 matmul (`jnp.dot`, n x n) to measure th
 achievable peak FLOP/s, and reports each step's MFU = (XLA cost-analysis FLOPs of the step /
 its median time) / that peak. Three rows per config: the forward pass, forward+backward of
 a scalar built from every model output, and the real training step of
-make_jax/train_step.py (masking, masked + unmasked passes, every loss, AdamW, queue push).
+make_jax/train/step.py (masking, masked + unmasked passes, every loss, AdamW, queue push).
 """
 
 import importlib
@@ -21,8 +21,9 @@ import numpy as np
 from absl import app, flags
 from flax.linen import meta
 
-from make_jax import optimizer, train_step
 from make_jax.models.make_model import build_model, example_batch
+from make_jax.train import optimizer
+from make_jax.train import step as train_step
 
 _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'base'], 'Config modules in configs/.')
 _BATCHES = flags.DEFINE_list('batch_sizes', ['16', '4'], 'Batch size per config.')
@@ -72,7 +73,7 @@ def bench(name: str, batch_size: int, repeats: int, peak: float) -> None:
     return sum(jnp.sum(v) for v in jax.tree.leaves(fwd(p, b)))
 
   # The real training step: per-example masking, masked + unmasked passes, every loss,
-  # gradient reduction, AdamW and the memory-bank push (make_jax/train_step.py).
+  # gradient reduction, AdamW and the memory-bank push (make_jax/train/step.py).
   config.data.global_batch_size = batch_size
   tokens = types.SimpleNamespace(
     pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size

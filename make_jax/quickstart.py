@@ -27,11 +27,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from make_jax import input_pipeline, optimizer, train_step
 from make_jax.datasets import loading
+from make_jax.input import pipeline as input_pipeline
 from make_jax.models import make_model
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
+from make_jax.train import optimizer
+from make_jax.train import step as train_step
 
 
 def _text(value: Any) -> str:

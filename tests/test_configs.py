@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from make_jax.models.make_model import build_model, example_batch
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import LOGICAL_AXIS_RULES, logical_partition_specs
+from make_jax.parallel.partitioning import LOGICAL_AXIS_RULES, logical_partition_specs
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 NAMES = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem != '__init__')

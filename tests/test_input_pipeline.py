@@ -6,8 +6,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import tiny
-from make_jax import input_pipeline as ip
 from make_jax.datasets import loading
+from make_jax.input import device as ip_device
+from make_jax.input import featurize as ip_featurize
+from make_jax.input import pipeline as ip
 from make_jax.text.preprocess import TextPreprocessor
 
 
@@ -110,7 +112,7 @@ class _Indexed:
 
 
 def _featurizer(text, **kw):
-  inner = ip.make_featurizer(text, image_size=32, query_len=8, title_len=16, **kw)
+  inner = ip_featurize.make_featurizer(text, image_size=32, query_len=8, title_len=16, **kw)
   return lambda r: inner(r) | {'index': np.int64(r['index'])}
 
 
@@ -183,13 +185,13 @@ def test_unbuilt_dataset_gives_a_clear_error(config, text, tmp_path):
 
 def test_device_helpers(config, text, builder):
   batch = next(_pipeline(config, text, builder))
-  per_device = ip.shard_for_pmap(batch, 8)
+  per_device = ip_device.shard_for_pmap(batch, 8)
   assert per_device['image'].shape == (8, 2, 32, 32, 3)
   np.testing.assert_array_equal(per_device['title_ids'].reshape(16, -1), batch['title_ids'])
   with pytest.raises(ValueError, match='does not split'):
-    ip.shard_for_pmap(batch, 3)
+    ip_device.shard_for_pmap(batch, 3)
   mesh = jax.make_mesh((8,), ('data',))
-  global_batch = ip.make_global_batch(batch, mesh)
+  global_batch = ip_device.make_global_batch(batch, mesh)
   assert global_batch['image'].sharding.spec == jax.sharding.PartitionSpec('data')
   assert len(global_batch['log_p'].addressable_shards) == 8
   np.testing.assert_array_equal(np.asarray(global_batch['log_p']), batch['log_p'])

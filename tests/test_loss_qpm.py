@@ -7,7 +7,7 @@ import pytest
 from test_loss_reference import finite_diff, naive_qpm
 
 from make_jax.losses import qpm
-from make_jax.memory_bank import MemoryBank
+from make_jax.losses.memory_bank import MemoryBank
 
 B, D = 6, 4
 IDS = np.array([10, 11, 12, 11, 13, 10])  # Rows 0/5 and 1/3 are the same product.

@@ -19,8 +19,9 @@ from jax.sharding import PartitionSpec as P
 from test_loss_reference import naive_mpm_r, naive_qpm
 
 from configs import base
-from make_jax.losses import collectives, compute_losses, reduce_gradients
-from make_jax.memory_bank import MemoryBank
+from make_jax.losses import compute_losses, reduce_gradients
+from make_jax.losses.memory_bank import MemoryBank
+from make_jax.parallel import collectives
 
 N_DEV, PER_DEV, DIN, D, LQ, LT, V, R, DR = 8, 2, 5, 4, 3, 4, 6, 3, 2
 GB = N_DEV * PER_DEV

@@ -15,7 +15,7 @@ from make_jax.losses import (
   qpm_loss,
   registry,
 )
-from make_jax.memory_bank import MemoryBank
+from make_jax.losses.memory_bank import MemoryBank
 
 
 def _run(cfg, outputs, batch, bank, step=5):

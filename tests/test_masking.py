@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from make_jax.masking import mask_batch
+from make_jax.train.masking import mask_batch
 
 PAD, UNK, CLS, SEP, MASK, V = 0, 1, 2, 3, 4, 1000
 B, LQ, LT, R = 512, 16, 32, 16

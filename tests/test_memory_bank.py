@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import base
-from make_jax.memory_bank import MemoryBank, bank_from_config
+from make_jax.losses.memory_bank import MemoryBank, bank_from_config
 
 Q, GB, D, N_DEV = 3, 16, 4, 8
 

@@ -9,9 +9,9 @@ import pytest
 from flax.linen import meta
 
 from configs import tiny
-from make_jax.masking import mask_batch
 from make_jax.models.make_model import OUTPUT_KEYS, MakeModel, build_model, example_batch
 from make_jax.models.model_config import ModelConfig
+from make_jax.train.masking import mask_batch
 
 B = 4
 

@@ -9,8 +9,8 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import LOGICAL_AXIS_RULES
 from make_jax.models.transformer import TextEncoder
+from make_jax.parallel.partitioning import LOGICAL_AXIS_RULES
 
 CFG = ModelConfig(
     vocab_size=256, hidden_size=32, num_heads=4, mlp_dim=64, num_layers=2, max_position=16,

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import base
-from make_jax import optimizer
+from make_jax.train import optimizer
 
 
 def _optim(**overrides):

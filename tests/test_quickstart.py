@@ -12,9 +12,11 @@ import math
 import pytest
 
 from configs import tiny
-from make_jax import optimizer, quickstart, train_step
+from make_jax import quickstart
 from make_jax.datasets import loading
 from make_jax.models import make_model
+from make_jax.train import optimizer
+from make_jax.train import step as train_step
 
 
 def _config():

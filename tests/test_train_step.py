@@ -19,8 +19,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from make_jax import masking, optimizer, train_step
 from make_jax.models import make_model
+from make_jax.train import masking, optimizer
+from make_jax.train import step as train_step
 
 N_DEV, GB = 8, 16
 PER_DEV = GB // N_DEV

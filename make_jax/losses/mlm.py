@@ -1,6 +1,6 @@
 """MLM: cross-entropy of masked tokens over the weighted positions (SPEC section 4).
 
-Masking itself (BERT 80/10/10 with Keyword Enhancement) is make_jax/masking.py; it marks each
+Masking itself (BERT 80/10/10 with Keyword Enhancement) is make_jax/train/masking.py; it marks each
 position to predict with weight 1.0. Query and title tokens are pooled: every predicted token
 of either text counts once,
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from make_jax.losses import collectives
+from make_jax.parallel import collectives
 
 
 def weighted_cross_entropy(

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from make_jax.losses import collectives
+from make_jax.parallel import collectives
 
 
 def qpc_loss(

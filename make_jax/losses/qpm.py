@@ -10,7 +10,7 @@ For query u_r and its positive product v_r, with scores s(u, v) = u.v / T - log 
   owned by other devices are masked out, so each query sees only its device's batch; from
   `cdns_start` on it sees the global batch. Shapes never change and `step` may be traced, so
   the switch does not recompile.
-- v_i (weight w1): the memory-bank queue (make_jax/memory_bank.py), behind stop_gradient;
+- v_i (weight w1): the memory-bank queue (make_jax/losses/memory_bank.py), behind stop_gradient;
   empty slots and steps before `bank_start_step` are masked.
 - Accidental hits: any negative whose product id equals the positive's id (a duplicate row of
   the batch, on this or another device, or a queued copy) is excluded.
@@ -19,7 +19,7 @@ For query u_r and its positive product v_r, with scores s(u, v) = u.v / T - log 
   before the exponential. A weight of 0 removes its source (its negatives count as masked).
 
 Returns this device's share of the loss (sum over its queries / global batch size); see
-make_jax/losses/collectives.py for why, and for the parameter-gradient reduction.
+make_jax/parallel/collectives.py for why, and for the parameter-gradient reduction.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from make_jax.losses import collectives
+from make_jax.parallel import collectives
 
 if TYPE_CHECKING:
-  from make_jax.memory_bank import MemoryBank
+  from make_jax.losses.memory_bank import MemoryBank
 
 _NEG_INF = -jnp.inf
 

@@ -3,7 +3,7 @@
 A term registers itself on import (`@register('qpm')`); `compute_losses` looks terms up by the
 names of the configured weights, so adding a task is one new module, not a new branch.
 A term is `fn(outputs, batch, loss_cfg, ctx) -> (share, metrics)`, where `share` is this
-device's share of the term's global value (make_jax/losses/collectives.py).
+device's share of the term's global value (make_jax/parallel/collectives.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 if TYPE_CHECKING:
-  from make_jax.memory_bank import MemoryBank
+  from make_jax.losses.memory_bank import MemoryBank
 
 
 @dataclasses.dataclass(frozen=True)

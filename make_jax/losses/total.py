@@ -5,7 +5,7 @@
 `compute_losses` is written once against an optional axis name and runs unchanged on one
 device, under `jax.pmap(axis_name='data')` and under `jax.shard_map` inside `jax.jit`.
 
-Contract for the trainer (make_jax/losses/collectives.py explains why):
+Contract for the trainer (make_jax/parallel/collectives.py explains why):
 - `loss` is this device's share; the global loss is its sum over the data axis (on one
   device it *is* the loss). Differentiate the share, then sum parameter gradients with
   `reduce_gradients(grads, axis_name)` (a psum under pmap; a no-op for gradients that
@@ -15,7 +15,7 @@ Contract for the trainer (make_jax/losses/collectives.py explains why):
   query by source, mean positive/negative logits, accuracy, temperatures).
 - After the step, push the batch into the queue:
   `bank = bank.push(outputs['product_emb'], batch['log_p'], batch['product_id'],
-  axis_name=axis_name)` (make_jax/memory_bank.py).
+  axis_name=axis_name)` (make_jax/losses/memory_bank.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from jax import lax
 
 from make_jax.losses import registry
 from make_jax.losses import terms as _terms  # noqa: F401  (registers the terms)
-from make_jax.losses.collectives import reduce_gradients
+from make_jax.parallel.collectives import reduce_gradients
 
 if TYPE_CHECKING:
-  from make_jax.memory_bank import MemoryBank
+  from make_jax.losses.memory_bank import MemoryBank
 
 __all__ = ['compute_losses', 'reduce_gradients']
 

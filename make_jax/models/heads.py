@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import constrain, partitioned
 from make_jax.models.transformer import ZEROS_INIT, layer_norm, weight_init
+from make_jax.parallel.partitioning import constrain, partitioned
 
 
 class _Transform(nn.Module):

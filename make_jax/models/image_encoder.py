@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import constrain, partitioned
 from make_jax.models.resnet import ResNet, adaptive_avg_pool
 from make_jax.models.transformer import (
   BATCH_LEN_EMBED,
@@ -20,6 +19,7 @@ from make_jax.models.transformer import (
   layer_norm,
   weight_init,
 )
+from make_jax.parallel.partitioning import constrain, partitioned
 
 
 class ImageEncoder(nn.Module):

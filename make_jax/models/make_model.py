@@ -30,8 +30,8 @@ import numpy as np
 from make_jax.models.heads import MlmHead, RegionHead
 from make_jax.models.image_encoder import ImageEncoder
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import constrain, partitioned
 from make_jax.models.transformer import ZEROS_INIT, TextEncoder, TransformerStack, weight_init
+from make_jax.parallel.partitioning import constrain, partitioned
 
 OUTPUT_KEYS = (
   'query_emb',

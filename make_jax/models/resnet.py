@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from make_jax.models.partitioning import constrain, partitioned
+from make_jax.parallel.partitioning import constrain, partitioned
 
 # depth -> (block kind, blocks per stage).
 STAGES = {

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.partitioning import constrain, partitioned
+from make_jax.parallel.partitioning import constrain, partitioned
 
 
 def weight_init(cfg: ModelConfig) -> nn.initializers.Initializer:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
-from make_jax.losses import collectives
+from make_jax.parallel import collectives
 
 
 @struct.dataclass

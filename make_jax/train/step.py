@@ -3,7 +3,7 @@
 State is one pytree (STYLE.md 5): params, optimiser state, step, RNG and the MBNS queue live
 in `TrainState`; what is in it is what a checkpoint holds. The step masks the batch (MLM /
 MPM, with Keyword Enhancement), runs the model, computes the weighted losses, reduces the
-gradients the way make_jax/losses/collectives.py prescribes (never a pmean), applies AdamW
+gradients the way make_jax/parallel/collectives.py prescribes (never a pmean), applies AdamW
 and pushes the batch's product embeddings into the queue.
 
 The same `make_train_step(...)` serves one device (`axis_name=None`, plain `jax.jit`), the
@@ -20,9 +20,9 @@ import ml_collections
 import optax
 from flax import struct
 
-from make_jax import masking
+from make_jax.losses.memory_bank import MemoryBank, bank_from_config
 from make_jax.losses.total import compute_losses, reduce_gradients
-from make_jax.memory_bank import MemoryBank, bank_from_config
+from make_jax.train import masking
 
 Batch = dict[str, Any]
 
@@ -77,7 +77,7 @@ def make_train_step(
 
   Args:
     model: the `MakeModel`.
-    tx: the optimiser (make_jax/optimizer.py).
+    tx: the optimiser (make_jax/train/optimizer.py).
     config: the full config (masking, loss, train.num_steps).
     tokens: special token ids and vocabulary size of the tokenizer feeding the batch.
     axis_name: the data axis under pmap / shard_map; None on one device.

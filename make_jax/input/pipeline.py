@@ -1,4 +1,4 @@
-"""From a TFDS split to device-ready batches, resumable to the example (SPEC sections 1, 6).
+"""From a TFDS split to host batches, resumable to the example (SPEC sections 1, 6).
 
 Why a small index-permutation iterator rather than tf.data: the position must be saved
 with the checkpoint so that a resumed run sees exactly the examples it would have seen,
@@ -26,29 +26,15 @@ image_missing [B] bool; product_id [B] int32; log_p [B] float32.
 """
 
 import concurrent.futures
-import io
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
-Batch = dict[str, np.ndarray]
-
-
-class SkipRecord(Exception):  # noqa: N818  (a signal, not an error to report)
-  """Raised by a featuriser for a record that must be skipped; args[0] is the reason."""
-
-
-class PairEncoder(Protocol):
-  """What the pipeline needs of `make_jax.text.preprocess.TextPreprocessor`."""
-
-  def encode_pair(
-    self, query: Any, title: Any, attributes: Sequence[Any], query_len: int, title_len: int
-  ) -> dict[str, np.ndarray]: ...
+from make_jax.input.featurize import Batch, PairEncoder, SkipRecord, make_featurizer
 
 
 def host_batch_size(
@@ -74,73 +60,6 @@ def host_batch_size(
       f'{process_count} hosts) is not divisible by the {local_device_count} local devices'
     )
   return per_host
-
-
-def _text(value: Any) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-  """Decodes PNG/JPEG bytes to RGB uint8 [image_size, image_size, 3] (bilinear resize).
-
-  Raises:
-    SkipRecord: the bytes are not a decodable image.
-  """
-  try:
-    img = Image.open(io.BytesIO(data))
-    img = img.convert('RGB')
-  except Exception as e:  # noqa: BLE001  PIL raises many types for corrupt data.
-    raise SkipRecord('bad_image') from e
-  if img.size != (image_size, image_size):
-    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-  return np.asarray(img, dtype=np.uint8)
-
-
-def make_featurizer(
-  encoder: PairEncoder,
-  *,
-  image_size: int,
-  query_len: int,
-  title_len: int,
-  attribute_features: Sequence[str] = (),
-  require_query: bool = True,
-) -> Callable[[Mapping[str, Any]], Batch]:
-  """A function from a raw TFDS record (image not decoded) to one example of contract 2.
-
-  Args:
-    encoder: a `TextPreprocessor` (its `encode_pair` tokenises and flags keywords).
-    image_size: output image side S.
-    query_len: query tokens incl. [CLS]/[SEP].
-    title_len: title tokens incl. [CLS]/[SEP].
-    attribute_features: record fields whose values count as product words for KE.
-    require_query: skip records with an empty query (True for click pairs; False to
-      featurise catalogue records, whose query is '').
-
-  The function raises `SkipRecord` for an empty title or query or an undecodable image.
-  """
-
-  def featurize(record: Mapping[str, Any]) -> Batch:
-    title = _text(record['title'])
-    query = _text(record['query'])
-    if not title.strip():
-      raise SkipRecord('empty_title')
-    if require_query and not query.strip():
-      raise SkipRecord('empty_query')
-    missing = bool(record['image_missing'])
-    if missing:
-      image = np.zeros((image_size, image_size, 3), np.uint8)
-    else:
-      image = decode_image(record['image'], image_size)
-    ex = encoder.encode_pair(
-      query, title, [_text(record[f]) for f in attribute_features], query_len, title_len
-    )
-    ex['image'] = image
-    ex['image_missing'] = np.bool_(missing)
-    ex['product_id'] = np.int32(record['product_id'])
-    ex['log_p'] = np.float32(record['log_p'])
-    return ex
-
-  return featurize
 
 
 class InputPipeline:
@@ -379,34 +298,3 @@ def create_pipeline(
     process_count=process_count,
     worker_count=data.worker_count,
   )
-
-
-# --- To devices --------------------------------------------------------------------------
-
-
-def shard_for_pmap(batch: Batch, num_devices: int | None = None) -> Batch:
-  """Reshapes a host batch [B, ...] to [D, B/D, ...] for `jax.pmap` over D local devices.
-
-  Raises:
-    ValueError: B is not divisible by D.
-  """
-  d = jax.local_device_count() if num_devices is None else num_devices
-
-  def split(x: np.ndarray) -> np.ndarray:
-    if x.shape[0] % d:
-      raise ValueError(f'Host batch of {x.shape[0]} does not split over {d} devices')
-    return x.reshape((d, x.shape[0] // d, *x.shape[1:]))
-
-  return jax.tree.map(split, batch)
-
-
-def make_global_batch(
-  batch: Batch, mesh: jax.sharding.Mesh, data_axis: str | tuple[str, ...] = 'data'
-) -> dict[str, jax.Array]:
-  """Turns each host's batch into global jax.Arrays sharded over `data_axis` of `mesh`.
-
-  Every host passes its own [B_host, ...] batch; the result has leading dimension
-  B_host * process_count, split over the mesh's data axis (the pjit path of SPEC 6).
-  """
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
