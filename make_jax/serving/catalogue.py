@@ -59,6 +59,17 @@ class Catalogue:
     pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
     return np.where(self._sorted[pos] == ids, self._order[pos], -1).astype(np.int64)
 
+  def take(self, rows: np.ndarray) -> 'Catalogue':
+    """The catalogue of the given rows, in their order (e.g. the export's order)."""
+    rows = np.asarray(rows, np.int64)
+    return Catalogue(
+      dataset=self.dataset,
+      ids=self.ids[rows],
+      titles=[self.titles[r] for r in rows],
+      attributes={f: [c[r] for r in rows] for f, c in self.attributes.items()},
+      image_loader=self.image_loader,
+    )
+
   def image(self, product_id: int) -> bytes | None:
     """The product's image bytes, or None (unknown id, no loader or no image)."""
     if self.image_loader is None or self.rows_of_ids(np.array([product_id]))[0] < 0:

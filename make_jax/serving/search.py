@@ -110,18 +110,23 @@ class Searcher:
     self.table = table
     self.modal_weights = modal_weights
 
-  def search(self, query: str, k: int) -> Answer:
-    """Top-k products of `query` (raises ValueError for k < 1)."""
-    return self._search(query, k, None)
+  def search(self, query: str, k: int, *, use_filters: bool = True) -> Answer:
+    """Top-k products of `query` (raises ValueError for k < 1).
 
-  def search_batch(self, queries: Sequence[str], k: int) -> list[Answer]:
+    use_filters=False skips relevance control (the unfiltered ablation).
+    """
+    return self._search(query, k, None, use_filters)
+
+  def search_batch(
+    self, queries: Sequence[str], k: int, *, use_filters: bool = True
+  ) -> list[Answer]:
     """Answers of many queries; the online ones are encoded together (batch jobs)."""
     misses = [i for i, q in enumerate(queries) if self._table_rows(q, k) is None]
     emb = {}
     if misses and self.encoder is not None:
       encoded = self.encoder.encode_now([queries[i] for i in misses])
       emb = dict(zip(misses, encoded, strict=True))
-    return [self._search(q, k, emb.get(i)) for i, q in enumerate(queries)]
+    return [self._search(q, k, emb.get(i), use_filters) for i, q in enumerate(queries)]
 
   # --- Paths -----------------------------------------------------------------------------
 
@@ -136,12 +141,12 @@ class Searcher:
     known = rows >= 0  # Products gone from the catalogue since the table was built.
     return rows[known], np.asarray(scores, np.float32)[known]
 
-  def _search(self, query: str, k: int, embedding: np.ndarray | None) -> Answer:
+  def _search(self, query: str, k: int, embedding: np.ndarray | None, use_filters: bool) -> Answer:
     if k < 1:
       raise ValueError(f'k must be >= 1; got {k}')
     t0 = time.perf_counter()
     latency = {}
-    filt, matches = self.relevance.understand(query)
+    filt, matches = self.relevance.understand(query) if use_filters else (filters.Filter(), [])
     t1 = time.perf_counter()
     latency['understand'] = t1 - t0
     found, path, reason = None, PATH_ONLINE, 'table_miss'
