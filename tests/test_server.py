@@ -201,3 +201,25 @@ def test_image_healthz_page_and_metrics(service):
   assert 'make_errors_total{kind="bad_request"}' in text
   assert 'status="500"' not in text
 
+
+def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
+  from tools import search as search_tool
+
+  path = tmp_path / 'queries.txt'
+  path.write_bytes(
+    b'cached query\n\n   \nbad \xff line\n%s shirts\nvintage\n'
+    % (searcher.catalogue.attributes['brand'][0].encode())
+  )
+  queries, counts = search_tool.read_queries(str(path))
+  assert counts == {'lines': 6, 'empty': 2, 'invalid_utf8': 1}
+  lines, paths = search_tool.search_lines(searcher, queries, 4, chunk=2)
+  assert paths == {'table': 1, 'online': 2}
+  records = [json.loads(line) for line in lines]
+  assert [r['query'] for r in records] == queries
+  for query, record in zip(queries, records, strict=True):
+    want = searcher.search(query, 4)
+    assert record['product_ids'] == [r.product_id for r in want.results]
+    assert record['scores'] == pytest.approx([r.score for r in want.results], abs=1e-5)
+    assert record['filters'] == want.filters and record['path'] == want.path
+  unfiltered, _ = search_tool.search_lines(searcher, queries[1:2], 4, use_filters=False)
+  assert json.loads(unfiltered[0])['filters'] == {}
