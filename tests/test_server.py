@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -223,3 +224,19 @@ def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
     assert record['filters'] == want.filters and record['path'] == want.path
   unfiltered, _ = search_tool.search_lines(searcher, queries[1:2], 4, use_filters=False)
   assert json.loads(unfiltered[0])['filters'] == {}
+
+
+def test_random_unicode_queries_never_get_a_500(service):
+  """Any string is answered 200 or 400, never 500 (random code points of every plane)."""
+  port, _ = service
+  rng = np.random.default_rng(0)
+  statuses = set()
+  for _ in range(150):
+    n = int(rng.integers(1, 40))
+    cps = rng.integers(0, 0x30000, n)
+    text = ''.join(chr(c) for c in cps if not 0xD800 <= c <= 0xDFFF)
+    target = '/search?q=' + urllib.parse.quote(text, safe='') + f'&k={int(rng.integers(1, 30))}'
+    status, _, body = _get(port, target)
+    assert status in (200, 400), (text, status, body[:200])
+    statuses.add(status)
+  assert statuses == {200, 400}
