@@ -188,3 +188,18 @@ def test_key_rules():
   assert query_understanding.singular('accessories') == 'accessory'
   assert query_understanding.singular('dress') == 'dress'
   assert query_understanding.key_of(query_understanding.words_of('T-Shirts')) == 'tshirt'
+
+
+@pytest.mark.parametrize('language', ['en', 'zh'])
+def test_synthetic_query_intents_are_understood(language):
+  """The brand and category a generated query names are exactly the filter (zh unspaced)."""
+  from make_jax.datasets import synthetic
+
+  cat = synthetic.generate(
+    synthetic.SyntheticSpec(language=language, num_products=300, num_pairs=600)
+  )
+  rc = filters.RelevanceControl(catalogue_lib.Catalogue.from_synthetic(cat).restricted_columns())
+  pairs = cat.pairs['train']
+  for i in range(200):
+    want = {f: [pairs[f'query_{f}'][i]] for f in ('brand', 'category') if pairs[f'query_{f}'][i]}
+    assert rc.understand(pairs['query'][i])[0].as_dict() == want, pairs['query'][i]
