@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 
 from make_jax.datasets import synthetic
+from make_jax.serving import batch, filters, index, search, server
 from make_jax.serving import catalogue as catalogue_lib
-from make_jax.serving import filters, index, search, server
 from make_jax.serving import query_understanding as qu
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -204,16 +204,14 @@ def test_image_healthz_page_and_metrics(service):
 
 
 def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
-  from tools import search as search_tool
-
   path = tmp_path / 'queries.txt'
   path.write_bytes(
     b'cached query\n\n   \nbad \xff line\n%s shirts\nvintage\n'
     % (searcher.catalogue.attributes['brand'][0].encode())
   )
-  queries, counts = search_tool.read_queries(str(path))
+  queries, counts = batch.read_queries(str(path))
   assert counts == {'lines': 6, 'empty': 2, 'invalid_utf8': 1}
-  lines, paths = search_tool.search_lines(searcher, queries, 4, chunk=2)
+  lines, paths = batch.search_lines(searcher, queries, 4, chunk=2)
   assert paths == {'table': 1, 'online': 2}
   records = [json.loads(line) for line in lines]
   assert [r['query'] for r in records] == queries
@@ -222,7 +220,7 @@ def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
     assert record['product_ids'] == [r.product_id for r in want.results]
     assert record['scores'] == pytest.approx([r.score for r in want.results], abs=1e-5)
     assert record['filters'] == want.filters and record['path'] == want.path
-  unfiltered, _ = search_tool.search_lines(searcher, queries[1:2], 4, use_filters=False)
+  unfiltered, _ = batch.search_lines(searcher, queries[1:2], 4, use_filters=False)
   assert json.loads(unfiltered[0])['filters'] == {}
 
 
