@@ -38,7 +38,7 @@ def parts():
   )
   params = nn.meta.unbox(variables)['params']
   enc = encoder_lib.BatchingQueryEncoder(
-    model, params, pre, query_len=config.text.query_len, buckets=(6,), max_batch=4, max_wait_ms=20.0
+    model, params, pre, query_len=config.text.query_len, buckets=(6,), max_batch=4, max_wait_ms=50.0
   )
   rng = np.random.default_rng(0)
   emb = rng.standard_normal((len(catalogue), config.model.embed_dim)).astype(np.float32)
