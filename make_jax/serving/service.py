@@ -48,7 +48,12 @@ def catalogue_for_config(
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The run's config from `<workdir>/config.json`."""
-  with open(pathlib.Path(workdir) / 'config.json', encoding='utf-8') as f:
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(
+      f'{path} not found: a served workdir holds config.json, vocab.txt, checkpoints/ and export/'
+    )
+  with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
