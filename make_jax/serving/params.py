@@ -1,0 +1,94 @@
+"""Validation of `/search` parameters, from the raw query string, with a message per error.
+
+Why not the web framework's parsing: it decodes invalid UTF-8 into U+FFFD silently, so a
+broken query would be searched as something the user never typed. Here the raw bytes of
+the query string are split, percent-decoded and strictly UTF-8 decoded, and every bad
+input becomes a `BadRequest` with a message (the server answers it with a 400):
+
+  missing, repeated, empty or whitespace-only `q`; invalid UTF-8 anywhere; control
+  characters (Unicode category Cc: NUL, tab, newline, DEL, C1) in `q`; `q` longer than
+  `max_query_chars`; `k` repeated, not a decimal integer, or outside [1, max_k].
+
+Unknown parameters are ignored.
+"""
+
+import dataclasses
+import unicodedata
+import urllib.parse
+
+MAX_QUERY_CHARS = 256
+MAX_K = 100
+DEFAULT_K = 10
+
+
+class BadRequest(ValueError):
+  """A client error; its message is returned to the client."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParams:
+  """Validated parameters of one search."""
+
+  q: str
+  k: int
+
+
+def parse_query_string(raw: bytes) -> dict[str, list[str]]:
+  """name -> values of an application/x-www-form-urlencoded query string (strict UTF-8)."""
+  out: dict[str, list[str]] = {}
+  for part in raw.split(b'&'):
+    if not part:
+      continue
+    name, _, value = part.partition(b'=')
+    try:
+      name_s = urllib.parse.unquote_to_bytes(name.replace(b'+', b' ')).decode('utf-8')
+      value_s = urllib.parse.unquote_to_bytes(value.replace(b'+', b' ')).decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise BadRequest(
+        f'the query string is not valid UTF-8 (byte {e.start} of a parameter)'
+      ) from e
+    out.setdefault(name_s, []).append(value_s)
+  return out
+
+
+def _one(params: dict[str, list[str]], name: str) -> str | None:
+  values = params.get(name)
+  if values is None:
+    return None
+  if len(values) > 1:
+    raise BadRequest(f'parameter {name!r} is given {len(values)} times; give it once')
+  return values[0]
+
+
+def parse_search(
+  raw: bytes,
+  *,
+  max_query_chars: int = MAX_QUERY_CHARS,
+  max_k: int = MAX_K,
+  default_k: int = DEFAULT_K,
+) -> SearchParams:
+  """Validated (q, k) of a `/search` query string; raises `BadRequest` (see module doc)."""
+  params = parse_query_string(raw)
+  q = _one(params, 'q')
+  if q is None:
+    raise BadRequest("missing parameter 'q' (the query text): /search?q=red+shirt")
+  if not q:
+    raise BadRequest("parameter 'q' is empty")
+  bad = sorted({f'U+{ord(c):04X}' for c in q if unicodedata.category(c) == 'Cc'})
+  if bad:
+    raise BadRequest(f"parameter 'q' contains control characters: {', '.join(bad)}")
+  if not q.strip():
+    raise BadRequest("parameter 'q' is whitespace only")
+  if len(q) > max_query_chars:
+    raise BadRequest(f"parameter 'q' has {len(q)} characters; the limit is {max_query_chars}")
+  k_text = _one(params, 'k')
+  if k_text is None:
+    k = default_k
+  else:
+    digits = k_text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+      raise BadRequest(f"parameter 'k' must be an integer in [1, {max_k}]; got {k_text[:20]!r}")
+    if len(digits) > 9 or not 1 <= int(digits) <= max_k:
+      raise BadRequest(f"parameter 'k' must be in [1, {max_k}]; got {digits[:20]}")
+    k = int(digits)
+  return SearchParams(q=q, k=k)

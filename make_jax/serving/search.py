@@ -1,0 +1,198 @@
+"""`Searcher`: query text -> top-k products, by the offline table or online (SPEC 7.3-7.5).
+
+The path of one query:
+
+1. Query understanding (`filters.RelevanceControl`): the restricted attribute values the
+   query names become a `Filter` (empty when it names none).
+2. Table path: the query's qid (`TextPreprocessor.qid`, the key the offline job wrote)
+   is looked up in the qid -> top-K table; its products are kept in rank order when they
+   satisfy the filter. If a filter leaves fewer than k of them, the online path answers
+   instead (`fallback_reason='table_short_after_filter'`).
+3. Online path (a miss): the query is encoded (`encoder.BatchingQueryEncoder`, batched
+   with concurrent requests) and searched with the filter (`filters.FilteredSearch`:
+   exact over a small matching subset, over-fetch and filter over a large one).
+
+Each `Answer` says which path served it, the strategy, the filter that applied (with the
+query words that asked for it) and how long each stage took.
+"""
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from make_jax.serving import catalogue as catalogue_lib
+from make_jax.serving import filters
+from make_jax.serving import index as index_lib
+from make_jax.text import preprocess
+
+PATH_TABLE = 'table'
+PATH_ONLINE = 'online'
+
+
+class QueryEncoder(Protocol):
+  """What the online path needs of an encoder (`BatchingQueryEncoder` is one)."""
+
+  def encode(self, text: str) -> np.ndarray:
+    """L2-normalised embedding float32 [d] of one query."""
+    ...
+
+  def encode_now(self, texts: Sequence[str]) -> np.ndarray:
+    """Embeddings float32 [B, d] of many queries (batch jobs)."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """One retrieved product."""
+
+  product_id: int
+  title: str
+  score: float
+  title_weight: float | None  # Modal Adaptation weights of the product (None if unknown).
+  image_weight: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  """Top-k products of one query and how they were found."""
+
+  query: str
+  k: int
+  path: str  # 'table' or 'online'.
+  fallback_reason: str | None  # Why the online path answered: 'table_miss', ...
+  strategy: str  # How the filter ran: 'none', 'table', 'exact_subset', 'overfetch'.
+  filters: dict[str, list[str]]  # field -> values that applied (ORed; fields ANDed).
+  matched_terms: dict[str, str]  # 'field: value' -> the query words that named it.
+  candidates: int  # Products that satisfy the filter.
+  results: list[Result]
+  latency_ms: dict[str, float]  # Per stage and 'total'.
+
+  def as_json(self) -> dict[str, object]:
+    """A JSON-serialisable dict."""
+    return dataclasses.asdict(self)
+
+
+class Searcher:
+  """The served search: relevance control over the table path or the online path."""
+
+  def __init__(
+    self,
+    catalogue: catalogue_lib.Catalogue,
+    preprocessor: preprocess.TextPreprocessor,
+    filtered: filters.FilteredSearch,
+    relevance: filters.RelevanceControl,
+    *,
+    encoder: QueryEncoder | None = None,
+    table: index_lib.QueryTable | None = None,
+    modal_weights: np.ndarray | None = None,
+  ):
+    """Args:
+    catalogue: products by row (the rows of the index and the embeddings).
+    preprocessor: gives the qid that keys the table (the training run's).
+    filtered: the index, embeddings and inverted index, with its strategies.
+    relevance: query understanding over the same catalogue's attributes.
+    encoder: online query encoder; None serves table hits only (misses raise).
+    table: offline qid -> top-K table; None sends every query online.
+    modal_weights: float32 [N, 2] (title, image) weights of each product, or None.
+    """
+    if len(catalogue) != filtered.size:
+      raise ValueError(f'catalogue has {len(catalogue)} rows, the index {filtered.size}')
+    if modal_weights is not None and modal_weights.shape != (len(catalogue), 2):
+      raise ValueError(f'modal_weights must be [{len(catalogue)}, 2]; got {modal_weights.shape}')
+    self.catalogue = catalogue
+    self.preprocessor = preprocessor
+    self.filtered = filtered
+    self.relevance = relevance
+    self.encoder = encoder
+    self.table = table
+    self.modal_weights = modal_weights
+
+  def search(self, query: str, k: int, *, use_filters: bool = True) -> Answer:
+    """Top-k products of `query` (raises ValueError for k < 1).
+
+    use_filters=False skips relevance control (the unfiltered ablation).
+    """
+    return self._search(query, k, None, use_filters)
+
+  def search_batch(
+    self, queries: Sequence[str], k: int, *, use_filters: bool = True
+  ) -> list[Answer]:
+    """Answers of many queries; the online ones are encoded together (batch jobs)."""
+    misses = [i for i, q in enumerate(queries) if self._table_rows(q, k) is None]
+    emb = {}
+    if misses and self.encoder is not None:
+      encoded = self.encoder.encode_now([queries[i] for i in misses])
+      emb = dict(zip(misses, encoded, strict=True))
+    return [self._search(q, k, emb.get(i), use_filters) for i, q in enumerate(queries)]
+
+  # --- Paths -----------------------------------------------------------------------------
+
+  def _table_rows(self, query: str, k: int):
+    if self.table is None:
+      return None
+    hit = self.table.lookup(self.preprocessor.qid(query))
+    if hit is None:
+      return None
+    ids, scores = hit
+    rows = self.catalogue.rows_of_ids(ids)
+    known = rows >= 0  # Products gone from the catalogue since the table was built.
+    return rows[known], np.asarray(scores, np.float32)[known]
+
+  def _search(self, query: str, k: int, embedding: np.ndarray | None, use_filters: bool) -> Answer:
+    if k < 1:
+      raise ValueError(f'k must be >= 1; got {k}')
+    t0 = time.perf_counter()
+    latency = {}
+    filt, matches = self.relevance.understand(query) if use_filters else (filters.Filter(), [])
+    t1 = time.perf_counter()
+    latency['understand'] = t1 - t0
+    found, path, reason = None, PATH_ONLINE, 'table_miss'
+    hit = self._table_rows(query, k)
+    t2 = time.perf_counter()
+    latency['table'] = t2 - t1
+    if hit is not None:
+      found = self.filtered.filter_ranked(hit[0], hit[1], filt, k)
+      if filt and len(found.rows) < k:
+        found, reason = None, 'table_short_after_filter'
+      else:
+        path, reason = PATH_TABLE, None
+    if found is None:
+      if embedding is None:
+        if self.encoder is None:
+          raise LookupError(f'{query!r} is not in the table and no online encoder is set')
+        embedding = self.encoder.encode(query)
+      t3 = time.perf_counter()
+      latency['encode'] = t3 - t2
+      found = self.filtered.search(embedding, filt, k)
+      latency['search'] = time.perf_counter() - t3
+    latency['total'] = time.perf_counter() - t0
+    return Answer(
+      query=query,
+      k=k,
+      path=path,
+      fallback_reason=reason,
+      strategy=found.strategy,
+      filters=filt.as_dict(),
+      matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
+      candidates=int(found.candidates),
+      results=self._results(found.rows, found.scores),
+      latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
+    )
+
+  def _results(self, rows: np.ndarray, scores: np.ndarray) -> list[Result]:
+    out = []
+    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+      w = None if self.modal_weights is None else self.modal_weights[row]
+      out.append(
+        Result(
+          product_id=int(self.catalogue.ids[row]),
+          title=self.catalogue.titles[row],
+          score=float(score),
+          title_weight=None if w is None else float(w[0]),
+          image_weight=None if w is None else float(w[1]),
+        )
+      )
+    return out

@@ -1,0 +1,175 @@
+"""The HTTP service: `/search` JSON, the search page, `/healthz` and Prometheus `/metrics`.
+
+FastAPI (run by uvicorn, `tools/serve.py`) around one `search.Searcher`:
+
+  GET /search?q=...&k=...  top-k products as JSON: id, title, score, the product's
+                           title/image Modal Adaptation weights, image URL; the filters
+                           that applied, the path (table/online), the strategy, latency.
+  GET /                    the search page (static/: plain HTML/JS/CSS, no external asset).
+  GET /image/{product_id}  the product's image bytes (404 if it has none).
+  GET /healthz             liveness and what is loaded.
+  GET /metrics             requests by endpoint and status, search latency histogram by
+                           path, errors by kind (Prometheus text format).
+
+Every bad input is a 400 with a JSON `{"error": message}` (`params.py` says which); a
+search the server cannot serve (a table miss without an encoder) is a 503; anything else
+that fails is a 500 and is counted in `make_errors_total{kind="internal"}`. `/search` is
+a plain (threaded) endpoint, so concurrent online queries meet in the batching encoder.
+"""
+
+import logging
+import pathlib
+import time
+
+import prometheus_client
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from make_jax.serving import params as params_lib
+from make_jax.serving import search as search_lib
+
+STATIC_DIR = pathlib.Path(__file__).resolve().parent / 'static'
+_ENDPOINTS = ('/search', '/healthz', '/metrics', '/', '/image')
+_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_log = logging.getLogger(__name__)
+
+
+class Metrics:
+  """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+  def __init__(self):
+    self.registry = prometheus_client.CollectorRegistry()
+    self.requests = prometheus_client.Counter(
+      'make_requests',
+      'HTTP requests by endpoint and status.',
+      ['endpoint', 'status'],
+      registry=self.registry,
+    )
+    self.latency = prometheus_client.Histogram(
+      'make_search_latency_seconds',
+      'Search latency by path (table or online).',
+      ['path'],
+      buckets=_LATENCY_BUCKETS,
+      registry=self.registry,
+    )
+    self.errors = prometheus_client.Counter(
+      'make_errors',
+      'Errors by kind (bad_request, unavailable, internal).',
+      ['kind'],
+      registry=self.registry,
+    )
+    self.results = prometheus_client.Histogram(
+      'make_search_results',
+      'Results returned per search.',
+      ['path'],
+      buckets=(0, 1, 5, 10, 20, 50, 100),
+      registry=self.registry,
+    )
+
+
+def _endpoint(path: str) -> str:
+  for e in _ENDPOINTS:
+    if path == e or (e not in ('/',) and path.startswith(e + '/')):
+      return e
+  return 'static' if path.startswith('/static/') else 'other'
+
+
+def _error(status: int, message: str) -> JSONResponse:
+  return JSONResponse({'error': message}, status_code=status)
+
+
+def _image_type(data: bytes) -> str:
+  if data.startswith(b'\x89PNG'):
+    return 'image/png'
+  return 'image/jpeg' if data.startswith(b'\xff\xd8') else 'application/octet-stream'
+
+
+def create_app(
+  searcher: search_lib.Searcher,
+  *,
+  max_query_chars: int = params_lib.MAX_QUERY_CHARS,
+  max_k: int = params_lib.MAX_K,
+  default_k: int = params_lib.DEFAULT_K,
+) -> FastAPI:
+  """The FastAPI app serving `searcher` (see the module docstring)."""
+  app = FastAPI(title='make_jax search', docs_url=None, redoc_url=None, openapi_url=None)
+  metrics = Metrics()
+  app.state.metrics = metrics
+  app.state.searcher = searcher
+
+  @app.middleware('http')
+  async def count_requests(request: Request, call_next):
+    try:
+      response = await call_next(request)
+    except Exception:  # Reached only if a handler's error escaped the handlers below.
+      _log.exception('unhandled error on %s', request.url.path)
+      metrics.errors.labels('internal').inc()
+      response = _error(500, 'internal error')
+    metrics.requests.labels(_endpoint(request.url.path), str(response.status_code)).inc()
+    return response
+
+  @app.get('/search')
+  def search(request: Request) -> Response:
+    start = time.perf_counter()
+    try:
+      p = params_lib.parse_search(
+        request.scope.get('query_string', b''),
+        max_query_chars=max_query_chars,
+        max_k=max_k,
+        default_k=default_k,
+      )
+    except params_lib.BadRequest as e:
+      metrics.errors.labels('bad_request').inc()
+      return _error(400, str(e))
+    try:
+      answer = searcher.search(p.q, p.k)
+    except LookupError as e:
+      metrics.errors.labels('unavailable').inc()
+      return _error(503, str(e))
+    except Exception:
+      _log.exception('search failed for %r', p.q)
+      metrics.errors.labels('internal').inc()
+      return _error(500, 'internal error while searching')
+    seconds = time.perf_counter() - start
+    metrics.latency.labels(answer.path).observe(seconds)
+    metrics.results.labels(answer.path).observe(len(answer.results))
+    body = answer.as_json()
+    body['latency_ms']['server'] = round(1e3 * seconds, 3)
+    for r in body['results']:
+      r['image_url'] = f'/image/{r["product_id"]}'
+    return JSONResponse(body)
+
+  @app.get('/healthz')
+  def healthz() -> dict[str, object]:
+    return {
+      'status': 'ok',
+      'products': len(searcher.catalogue),
+      'dataset': searcher.catalogue.dataset,
+      'restricted_fields': list(searcher.catalogue.restricted_fields),
+      'table': searcher.table is not None,
+      'online_encoder': searcher.encoder is not None,
+    }
+
+  @app.get('/metrics')
+  def metrics_endpoint() -> Response:
+    return Response(
+      prometheus_client.generate_latest(metrics.registry),
+      media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+  @app.get('/image/{product_id}')
+  def image(product_id: str) -> Response:
+    if not (product_id.isascii() and product_id.isdigit() and len(product_id) <= 18):
+      return _error(400, f'product id must be a non-negative integer; got {product_id[:30]!r}')
+    data = searcher.catalogue.image(int(product_id))
+    if data is None:
+      return _error(404, f'no image for product {product_id}')
+    return Response(data, media_type=_image_type(data), headers={'Cache-Control': 'max-age=86400'})
+
+  @app.get('/')
+  def page() -> FileResponse:
+    return FileResponse(STATIC_DIR / 'index.html')
+
+  app.mount('/static', StaticFiles(directory=STATIC_DIR), name='static')
+  return app

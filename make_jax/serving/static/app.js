@@ -1,0 +1,103 @@
+// The search page's logic: reads the form, calls /search, renders the answer.
+// Plain browser JavaScript; the query is kept in the URL (?q=&k=) so a result page can be
+// shared and reloaded.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === 'class') node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function pct(x) {
+  return x === null || x === undefined ? 'n/a' : `${Math.round(100 * x)}%`;
+}
+
+function renderSummary(answer) {
+  const summary = $('summary');
+  summary.replaceChildren();
+  summary.append(
+    'answered by ', el('span', { class: `path ${answer.path}`, id: 'path' }, answer.path),
+    answer.fallback_reason ? ` (${answer.fallback_reason})` : '',
+    ` · ${answer.results.length} results in ${answer.latency_ms.server.toFixed(1)} ms`,
+    ` · strategy ${answer.strategy} · filters: `,
+  );
+  const filters = el('span', { id: 'filters' });
+  const entries = Object.entries(answer.filters);
+  if (entries.length === 0) filters.append(el('span', { class: 'none' }, 'none'));
+  for (const [field, values] of entries) {
+    filters.append(el('span', { class: 'chip' }, `${field}: ${values.join(' | ')}`));
+  }
+  summary.append(filters);
+}
+
+function renderResults(answer) {
+  const grid = $('results');
+  grid.replaceChildren();
+  for (const r of answer.results) {
+    const img = el('img', { src: r.image_url, alt: r.title, loading: 'lazy' });
+    img.addEventListener('error', () => { img.alt = 'no image'; img.removeAttribute('src'); });
+    const bar = el('div', { class: 'weights', title: 'title / image weight' });
+    if (r.title_weight !== null) {
+      bar.append(el('div', { class: 't', style: `width:${100 * r.title_weight}%` }),
+                 el('div', { class: 'i', style: `width:${100 * r.image_weight}%` }));
+    }
+    grid.append(el('article', { class: 'card' },
+      img,
+      el('div', { class: 'title' }, r.title),
+      el('div', { class: 'meta' }, `#${r.product_id} · score ${r.score.toFixed(3)}`),
+      bar,
+      el('div', { class: 'legend' },
+         `title ${pct(r.title_weight)} · image ${pct(r.image_weight)}`),
+    ));
+  }
+}
+
+async function runSearch(q, k) {
+  $('error').hidden = true;
+  const url = `/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`;
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    showError(`request failed: ${e}`);
+    return;
+  }
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) {
+    showError(body.error || `HTTP ${response.status}`);
+    return;
+  }
+  renderSummary(body);
+  renderResults(body);
+}
+
+function showError(message) {
+  $('summary').replaceChildren();
+  $('results').replaceChildren();
+  $('error').textContent = message;
+  $('error').hidden = false;
+}
+
+$('search-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const q = $('q').value;
+  const k = $('k').value || '20';
+  history.replaceState(null, '', `/?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`);
+  runSearch(q, k);
+});
+
+const initial = new URLSearchParams(location.search);
+if (initial.get('q')) {
+  $('q').value = initial.get('q');
+  if (initial.get('k')) $('k').value = initial.get('k');
+  runSearch($('q').value, $('k').value);
+}

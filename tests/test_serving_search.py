@@ -1,0 +1,160 @@
+"""Searcher: the online path equals brute-force search of the encoded query, the table
+path serves table hits in order, relevance control applies to both, and concurrent
+queries are batched into fewer model calls without changing their embeddings.
+
+A tiny random model (configs/tiny.py) and a vocabulary learned from the catalogue's
+titles; product embeddings are random unit vectors (the search is what is tested).
+"""
+
+import threading
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from make_jax.datasets import synthetic
+from make_jax.models import make_model
+from make_jax.serving import catalogue as catalogue_lib
+from make_jax.serving import encoder as encoder_lib
+from make_jax.serving import filters, index, search
+from make_jax.text.preprocess import TextPreprocessor
+
+K = 5
+
+
+@pytest.fixture(scope='module')
+def parts():
+  config = tiny.get_config()
+  cat = synthetic.generate(synthetic.SyntheticSpec(num_products=400, num_pairs=400))
+  catalogue = catalogue_lib.Catalogue.from_synthetic(cat)
+  pre = TextPreprocessor.from_corpus(catalogue.titles, 300)
+  model = make_model.build_model(config)
+  # Only the query tower: `encode_query` creates the parameters it uses.
+  ids = np.zeros((1, config.text.query_len), np.int32)
+  variables = jax.jit(lambda r: model.init({'params': r}, ids, ids + 1, method=model.encode_query))(
+    jax.random.key(0)
+  )
+  params = nn.meta.unbox(variables)['params']
+  enc = encoder_lib.BatchingQueryEncoder(
+    model, params, pre, query_len=config.text.query_len, buckets=(6,), max_batch=4, max_wait_ms=50.0
+  )
+  rng = np.random.default_rng(0)
+  emb = rng.standard_normal((len(catalogue), config.model.embed_dim)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  relevance = filters.RelevanceControl(catalogue.restricted_columns())
+  filtered = filters.FilteredSearch(index.ExactIndex(emb), emb, relevance.inverted)
+  weights = rng.dirichlet([1, 1], len(catalogue)).astype(np.float32)
+
+  def reference(text):
+    ids, mask = pre.encode_batch([text], config.text.query_len)
+    return np.asarray(
+      model.apply({'params': params}, ids, mask, method=model.encode_query), np.float32
+    )[0]
+
+  def searcher(table=None):
+    return search.Searcher(
+      catalogue, pre, filtered, relevance, encoder=enc, table=table, modal_weights=weights
+    )
+
+  yield dict(catalogue=catalogue, pre=pre, enc=enc, emb=emb, ref=reference, searcher=searcher)
+  enc.close()
+
+
+def test_online_path_equals_brute_force_of_the_encoded_query(parts):
+  s = parts['searcher']()
+  text = 'new classic vintage'  # No brand or category: unfiltered.
+  answer = s.search(text, K)
+  assert answer.path == 'online' and answer.fallback_reason == 'table_miss'
+  assert answer.strategy == 'none' and answer.filters == {}
+  q = parts['ref'](text)
+  scores = parts['emb'] @ q
+  want = np.argsort(-scores, kind='stable')[:K]
+  assert [r.product_id for r in answer.results] == want.tolist()
+  np.testing.assert_allclose([r.score for r in answer.results], scores[want], atol=1e-5)
+  assert set(answer.latency_ms) >= {'understand', 'encode', 'search', 'total'}
+  r0 = answer.results[0]
+  assert r0.title == parts['catalogue'].titles[r0.product_id]
+  assert r0.title_weight + r0.image_weight == pytest.approx(1.0, abs=1e-6)
+
+
+def test_online_path_applies_the_filter(parts):
+  s, cat = parts['searcher'](), parts['catalogue']
+  brand, category = cat.attributes['brand'][0], cat.attributes['category'][0]
+  text = f'{brand} {category}s'  # A plural still names the category.
+  answer = s.search(text, K)
+  assert answer.filters == {'brand': [brand], 'category': [category]}
+  assert answer.strategy == 'exact_subset'
+  rows = [
+    i
+    for i in range(len(cat))
+    if cat.attributes['brand'][i] == brand and cat.attributes['category'][i] == category
+  ]
+  assert answer.candidates == len(rows)
+  scores = parts['emb'][rows] @ parts['ref'](text)
+  want = np.array(rows)[np.argsort(-scores, kind='stable')[:K]]
+  assert [r.product_id for r in answer.results] == want.tolist()
+
+
+def test_table_path_serves_hits_in_order_and_filters_them(parts):
+  pre, cat = parts['pre'], parts['catalogue']
+  brand = cat.attributes['brand'][3]
+  ids = np.array([3, 99999, 10, 11, 12, 13, 14, 15], np.int64)  # 99999: not in the catalogue.
+  scores = np.linspace(1, 0.3, len(ids)).astype(np.float32)
+  table = index.DictTable(
+    {pre.qid('some cached query'): (ids, scores), pre.qid(brand): (ids, scores)}
+  )
+  s = parts['searcher'](table)
+  answer = s.search('cached query some', K)  # Same words in another order: same qid.
+  assert answer.path == 'table' and answer.fallback_reason is None
+  assert [r.product_id for r in answer.results] == [3, 10, 11, 12, 13]
+  assert 'encode' not in answer.latency_ms
+  # The brand filter keeps too few of the table's products: the online path answers.
+  answer = s.search(brand, K)
+  assert answer.path == 'online' and answer.fallback_reason == 'table_short_after_filter'
+  assert all(cat.attributes['brand'][r.product_id] == brand for r in answer.results)
+  assert len(answer.results) == K
+
+
+def test_search_batch_equals_one_by_one(parts):
+  s = parts['searcher']()
+  texts = ['red dress', 'vintage', 'aurora sneakers', 'soft light premium hat']
+  batch = s.search_batch(texts, K)
+  for text, got in zip(texts, batch, strict=True):
+    one = s.search(text, K)
+    assert [r.product_id for r in got.results] == [r.product_id for r in one.results]
+    np.testing.assert_allclose(
+      [r.score for r in got.results], [r.score for r in one.results], atol=1e-5
+    )
+
+
+def test_concurrent_queries_are_batched_and_unchanged(parts):
+  enc, ref = parts['enc'], parts['ref']
+  texts = [f'{w} dress' for w in ('red', 'blue', 'green', 'aurora', 'bolt', 'new', 'soft', 'x')]
+  texts += ['a b c d e f g h i j k l m n']  # Longer than the longest bucket: truncated.
+  out = [None] * len(texts)
+  barrier = threading.Barrier(len(texts))
+
+  def work(i):
+    barrier.wait()
+    out[i] = enc.encode(texts[i])
+
+  calls = enc.calls
+  threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert enc.calls - calls < len(texts)
+  for text, got in zip(texts, out, strict=True):
+    np.testing.assert_allclose(got, ref(text), atol=1e-5, err_msg=text)
+
+
+def test_miss_without_encoder_is_a_clear_error(parts):
+  s = parts['searcher']()
+  s.encoder = None
+  with pytest.raises(LookupError, match='not in the table'):
+    s.search('anything', K)
+  with pytest.raises(ValueError, match='k must be'):
+    parts['searcher']().search('anything', 0)

@@ -1,0 +1,88 @@
+r"""Starts the search server (FastAPI on uvicorn): /search, the page at /, /healthz, /metrics.
+
+From a training workdir (config.json, vocab.txt, checkpoints/, export/):
+  python -m tools.serve --workdir=/tmp/make_fashion --port=8000
+
+A demo without a trained run (random model, embeddings computed at start; `--config`
+picks the catalogue, here the real fashion one, the first 2,000 products):
+  python -m tools.serve --demo --config=configs/tiny.py \
+    --config.data.name=fashion_products --num_products=2000 --port=8000
+
+Then open http://127.0.0.1:8000/ or `curl '127.0.0.1:8000/search?q=nike+tees&k=5'`.
+"""
+
+import pathlib
+
+import uvicorn
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from make_jax.serving import params as params_lib
+from make_jax.serving import server, service
+from make_jax.text import preprocess
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config (--demo only).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to serve.')
+_DEMO = flags.DEFINE_bool('demo', False, 'Serve a random model over the config catalogue.')
+_NUM_PRODUCTS = flags.DEFINE_integer('num_products', 2000, 'Demo: products (0: all).')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on.')
+_PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on.')
+_BUCKETS = flags.DEFINE_list('buckets', ['8'], 'Query length buckets (query_len is added).')
+_MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Most queries encoded in one call.')
+_MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0, 'Wait for a batch to fill (ms).')
+_MAX_K = flags.DEFINE_integer('max_k', params_lib.MAX_K, 'Largest k accepted.')
+_MAX_CHARS = flags.DEFINE_integer('max_query_chars', params_lib.MAX_QUERY_CHARS, 'Query limit.')
+
+
+def _from_workdir(workdir: str, **kwargs):
+  config = service.load_config(workdir)
+  pre = preprocess.TextPreprocessor.from_vocab_file(
+    pathlib.Path(workdir) / 'vocab.txt',
+    sort_words=config.text.sort_words,
+    strip_accents=config.text.strip_accents,
+  )
+  try:
+    from make_jax.train import checkpoint
+  except ImportError as e:
+    raise app.UsageError(f'--workdir needs the trainer checkpoint reader: {e}') from e
+  params, step = checkpoint.latest_params(workdir, config)
+  logging.info('serving %s at step %d', workdir, step)
+  catalogue, emb, weights, ann = service.load_export(
+    pathlib.Path(workdir) / 'export', service.catalogue_for_config(config)
+  )
+  return service.build_searcher(
+    config, catalogue, pre, emb, params=params, index=ann, modal_weights=weights, **kwargs
+  )
+
+
+def searcher_from_flags():
+  """The Searcher that --workdir or --demo (and the batching flags) name."""
+  if _DEMO.value == bool(_WORKDIR.value):
+    raise app.UsageError('give exactly one of --workdir and --demo')
+  kwargs = dict(
+    buckets=[int(b) for b in _BUCKETS.value],
+    max_batch=_MAX_BATCH.value,
+    max_wait_ms=_MAX_WAIT_MS.value,
+  )
+  if _DEMO.value:
+    return service.demo_searcher(_CONFIG.value, _NUM_PRODUCTS.value or None, **kwargs)
+  return _from_workdir(_WORKDIR.value, **kwargs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  searcher = searcher_from_flags()
+  logging.info(
+    'serving %d products on http://%s:%d/', len(searcher.catalogue), _HOST.value, _PORT.value
+  )
+  uvicorn.run(
+    server.create_app(searcher, max_query_chars=_MAX_CHARS.value, max_k=_MAX_K.value),
+    host=_HOST.value,
+    port=_PORT.value,
+    log_level='warning',
+  )
+
+
+if __name__ == '__main__':
+  app.run(main)
