@@ -10,13 +10,14 @@ and `segment.Segmenter` keeps each of them one word:
   duplicates and entries without a letter, digit or CJK character carry nothing. The
   sorted, de-duplicated tuple is the dictionary, so the order entries come in never
   matters.
-- **CJK words**: every CJK run of two or more characters in an entry is never cut inside:
-  a run of text is scanned left to right and, at each position, the longest dictionary
-  word starting there is taken whole; jieba cuts only the pieces between (`CjkMatcher`),
-  even where jieba would have read other words across it (`东西风格` -> `东`, `西风`,
-  `格` with the brand `西风`): the catalogue's word wins, predictably.
-  A single character is not a dictionary word (it is always one piece already, and
-  forcing it apart would break jieba words such as `红色` around a colour `红`).
+- **CJK words**: every CJK run of two or more characters in an entry is kept whole. jieba
+  cuts a run first; where a cut falls inside an occurrence of a dictionary word (`红隼运动鞋`
+  -> `红`, `隼`, `运动鞋`), the occurrence becomes one word (`红隼`, `运动鞋`), and a
+  jieba word that it cut across is cut again without it (`东西风格` -> `东西`, `风格` with
+  the brand `西风` -> `东`, `西风`, `格`: the catalogue's word wins, predictably). Runs
+  are scanned left to right, the longest such occurrence first (`CjkMatcher`). An
+  occurrence inside one jieba word is left alone: it is not cut (`长方形` keeps the
+  shape `方形`, `粉红色` the colour `红色`). A single character is never cut anyway.
 - **Multi-word entries**: an entry that segments into several words (`red chief`,
   `united colors of benetton`, `t 恤`) becomes one word wherever those words follow each
   other in the text, whatever punctuation was between them, longest entry first; the
@@ -25,12 +26,14 @@ and `segment.Segmenter` keeps each of them one word:
   hashes the word with its space, and sorting moves the entry as one unit.
 
 Idempotence holds in the words' own order: the words joined with spaces give the same
-words back. In another order, two words of a multi-word entry that were apart in the
+words back. Each CJK word is stable alone: a (re-cut) jieba word is cut as itself, and a
+dictionary word inside it lies within one word, so it is left alone; a dictionary word
+alone is one word whether or not jieba cuts it. In another order, two words of a multi-word entry that were apart in the
 text (`chief red`) may come to follow each other and join (`red chief`): that is the
 entry itself, so a re-ordered word list may name the brand; only then can the qid change.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from make_jax.text import normalize as normalize_lib
 
@@ -55,7 +58,7 @@ def normalize_entries(entries: Iterable[str | bytes]) -> tuple[str, ...]:
 
 
 class CjkMatcher:
-  """Cuts CJK runs at dictionary words (leftmost, then longest), as the module says."""
+  """Keeps dictionary words whole in jieba's cut of a CJK run (module docstring)."""
 
   def __init__(self, words: Iterable[str]):
     """Keeps the words of two or more characters; `words` are pure CJK runs."""
@@ -69,29 +72,58 @@ class CjkMatcher:
   def __bool__(self) -> bool:
     return bool(self._words)
 
-  def split(self, run: str) -> list[tuple[str, bool]]:
-    """Splits `run` into (piece, is_dictionary_word) pairs, in order, covering it all.
+  def keep_whole(self, words: list[str], recut: Callable[[str], list[str]]) -> list[str]:
+    """`words` (jieba's cut of one run) with every cut-up dictionary word made whole.
 
-    A piece that is not a dictionary word contains none (every position of it was tried),
-    so jieba may cut it freely.
+    Args:
+      words: the words of one CJK run, in order.
+      recut: cuts a piece of a word that a dictionary word cut across.
+
+    Returns:
+      The words; `words` itself when no dictionary word was cut.
     """
-    if not self._words:
-      return [(run, False)]
-    out: list[tuple[str, bool]] = []
-    start = i = 0
+    if not self._words or len(words) < 2:
+      return words
+    run = ''.join(words)
+    owner: list[int] = []  # Character position -> index of its word.
+    starts: list[int] = []
+    for k, word in enumerate(words):
+      starts.append(len(owner))
+      owner.extend([k] * len(word))
     n = len(run)
+    spans = []  # Dictionary words that jieba cut, leftmost, then longest.
+    i = 0
     while i < n:
       for length in self._lengths.get(run[i], ()):
-        if i + length <= n and run[i : i + length] in self._words:
-          if start < i:
-            out.append((run[start:i], False))
-          out.append((run[i : i + length], True))
-          i = start = i + length
+        j = i + length
+        if j <= n and owner[i] != owner[j - 1] and run[i:j] in self._words:
+          spans.append((i, j))
+          i = j
           break
       else:
         i += 1
-    if start < n:
-      out.append((run[start:], False))
+    if not spans:
+      return words
+    ends = [*starts[1:], n]
+    out: list[str] = []
+
+    def between(a: int, b: int) -> None:
+      """Appends the words of run[a:b]: whole jieba words kept, cut ones re-cut."""
+      if a >= b:
+        return
+      for k in range(owner[a], owner[b - 1] + 1):
+        lo, hi = max(a, starts[k]), min(b, ends[k])
+        if (lo, hi) == (starts[k], ends[k]):
+          out.append(words[k])
+        else:
+          out.extend(recut(run[lo:hi]))
+
+    pos = 0
+    for i, j in spans:
+      between(pos, i)
+      out.append(run[i:j])
+      pos = j
+    between(pos, n)
     return out
 
 

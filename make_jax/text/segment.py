@@ -24,9 +24,9 @@ module fixes what a "word" is. Input is normalised text (`normalize.normalize`).
   included), symbols, **emoji** (no product meaning, [UNK] in BERT vocabularies), and
   combining marks with no letter or digit before them (after CJK, punctuation or a space).
 - **Domain dictionary** (`Segmenter(domain_words)`, see `domain.py`): whole words of a
-  catalogue (brands, categories, colours) stay one word: a CJK entry is never cut inside
-  (`红隼`), and an entry of several words becomes ONE word, its parts joined by a single
-  space (`Red Chief` -> `red chief`). Words stay stable with the dictionary too.
+  catalogue (brands, categories, colours) stay one word: jieba's cut never splits a CJK
+  entry (`红隼`), and an entry of several words becomes ONE word, its parts joined by a
+  single space (`Red Chief` -> `red chief`). Words stay stable with the dictionary too.
 
 jieba is a `jieba.Tokenizer()` instance created once per process on first use (about
 0.6 s; jieba keeps its dictionary cache in the temp dir) and never modified.
@@ -212,15 +212,11 @@ class Segmenter:
     return self._entries
 
   def _base_words(self, text: str) -> list[str]:
-    """Words before multi-word entries are joined: CJK runs cut, domain CJK words kept."""
+    """Words before multi-word entries are joined: CJK runs cut, domain CJK words whole."""
     words: list[str] = []
     for match in base_tokens(text):
       if match.lastgroup == 'cjk':
-        for piece, is_domain_word in self._cjk.split(match.group()):
-          if is_domain_word:
-            words.append(piece)
-          else:
-            words.extend(cut_cjk(piece))
+        words.extend(self._cjk.keep_whole(cut_cjk(match.group()), cut_cjk))
       else:
         words.append(match.group())
     return words
