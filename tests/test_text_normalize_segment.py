@@ -99,14 +99,27 @@ def test_unstable_hmm_words_are_split_the_same_in_and_out_of_context():
 
 
 def test_restated_jieba_cut_equals_jieba():
-  runs = ['小众连衣裙', '蹲便器皮塞', '秋之月钓箱出水堵', '\u9fd6中文\u3400𠀀文', '中', '起个大早听鸟叫']
+  runs = [
+    '小众连衣裙',
+    '蹲便器皮塞',
+    '秋之月钓箱出水堵',
+    '\u9fd6中文\u3400𠀀文',
+    '中',
+    '起个大早听鸟叫',
+  ]
   for run in runs:
     assert [w for w, _ in segment_lib._jieba_words(run)] == list(segment_lib._jieba().cut(run))
 
 
 @pytest.mark.parametrize(
   'text',
-  ['eva日系小众精品', 'ชุดเดรสสีแดง ลาย', 'iPhone15手机壳 T-shirt 2.5mm', '秋之月钓箱出水堵', 'a\x00b'],
+  [
+    'eva日系小众精品',
+    'ชุดเดรสสีแดง ลาย',
+    'iPhone15手机壳 T-shirt 2.5mm',
+    '秋之月钓箱出水堵',
+    'a\x00b',
+  ],
 )
 def test_words_rejoined_in_any_order_segment_back(text):
   words = _words(text)

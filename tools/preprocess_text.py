@@ -12,7 +12,7 @@ read, `words` the sorted words, `ids` the token ids without padding. `--input` i
 file with one text per line, and EVERY input line gives exactly one output line, blank
 lines included (no words, `EMPTY_QID`), so output line N describes input line N (lines
 end at `\n` only). With `--tsv_column=N` the N-th tab-separated field (0-based) of each
-line is preprocessed and also written as `field`; a line without that field gets an
+`--input` line is preprocessed and also written as `field`; a line without that field gets an
 `error` instead of `qid`/`words`/`ids`, and the count of such lines goes to stderr.
 `--domain_words` is a file of domain dictionary entries (brands, categories, colours),
 one per line, as the dataset builders record them: the same entries give the same qids.
@@ -49,8 +49,8 @@ def _records(texts: list[str], inputs: str | None) -> Iterator[dict]:
 
 
 def _field(record: dict, column: int | None) -> str | None:
-  """The text to preprocess: the line, or its tab-separated field (None if missing)."""
-  if column is None:
+  """The text to preprocess: the text, or its line's tab-separated field (None if missing)."""
+  if column is None or record['line'] is None:
     return record['text']
   fields = record['text'].split('\t')
   if column >= len(fields):

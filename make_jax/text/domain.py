@@ -39,7 +39,7 @@ from make_jax.text import normalize as normalize_lib
 
 
 def normalize_entries(entries: Iterable[str | bytes]) -> tuple[str, ...]:
-  """The normalised, non-empty, de-duplicated, sorted entries of a domain dictionary.
+  """The normalised, de-duplicated, sorted entries with a letter, digit or CJK character.
 
   Raises:
     TypeError: if `entries` is one string (not a sequence of entries), or an entry is
@@ -52,7 +52,7 @@ def normalize_entries(entries: Iterable[str | bytes]) -> tuple[str, ...]:
     if not isinstance(entry, str | bytes | bytearray):
       raise TypeError(f'domain_words entry {i} is {type(entry).__name__}, not text: {entry!r}')
     normalised = normalize_lib.normalize(entry)
-    if normalised:
+    if any(ch.isalnum() for ch in normalised):  # Punctuation only: no word to keep.
       out.add(normalised)
   return tuple(sorted(out))
 
