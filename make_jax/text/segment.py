@@ -10,8 +10,9 @@ module fixes what a "word" is. Input is normalised text (`normalize.normalize`).
 - **Stable words** (idempotence): a word jieba gives for a run must be the word jieba
   gives for it standing alone, or its qid would change when the words are re-joined with
   spaces. jieba's HMM guesses unknown words from their context (`小众连衣裙` -> `小众`,
-  `连衣裙`, but `小众` alone -> `小`, `众`), so each jieba word that does not cut back to
-  itself alone is replaced by its own stable pieces, recursively (`小`, `众`, `连衣裙`).
+  `连衣裙`, but `小众` alone -> `小`, `众`), so each word the HMM guessed that does not
+  cut back to itself alone is replaced by its own stable pieces, recursively (`小`, `众`,
+  `连衣裙`); the words of jieba's dictionary route are stable already (`_jieba_words`).
   Hence for every text: `segment(' '.join(ws)) == ws` for `ws = segment(text)`, and every
   word segments alone to itself, so the words re-joined in any order give the same qid.
   This is a pure function of the text (a memo of it, never jieba's global state).
