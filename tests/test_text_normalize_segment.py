@@ -1,4 +1,5 @@
-"""Normalisation and segmentation (SPEC 2 steps 1-2): the defined result for bad input."""
+"""Normalisation and segmentation (SPEC 2 steps 1-2): the defined result for bad input,
+and words that segment back to themselves."""
 
 import pytest
 
@@ -17,11 +18,16 @@ def _words(text):
     ('   \t\n  ', ''),
     ('  Red   DRESS ', 'red dress'),
     ('red\tdress\r\nsale', 'red dress sale'),  # Whitespace controls split words.
-    ('red\x00dr\x07ess', 'reddress'),  # Other controls are dropped.
-    ('zero\u200bwidth\ufeff', 'zerowidth'),  # Format characters are dropped.
+    ('red\x00dr\x07ess', 'red dr ess'),  # Other controls separate words too.
+    ('zero\u200bwidth\ufeff', 'zero width'),  # So do zero-width spaces and the BOM.
+    ('red\u202edress\ue000x', 'red dress x'),  # Bidi controls, private use.
+    ('dre\u00adss wo\u200dman', 'dress woman'),  # Soft hyphen, joiners: inside a word.
+    ('e\u200d\u0301', '\u00e9'),  # A dropped joiner lets NFKC compose.
+    ('❤\ufe0f', '❤'),  # Variation selectors are dropped.
     ('ＩＰＨＯＮＥ１５，　手机壳！', 'iphone15, 手机壳!'),  # Full width -> ASCII (NFKC).
     ('ﬁne ①', 'fine 1'),  # Compatibility characters unfold.
-    (b'red \xff\xfedress', 'red dress'),  # Invalid UTF-8 bytes are dropped.
+    (b'red \xff\xfedress', 'red dress'),  # Invalid UTF-8 bytes separate words.
+    (b'dr\xffess', 'dr ess'),
     ('红色\u3000连衣裙', '红色 连衣裙'),  # Ideographic space.
     ('new\u2028line\xa0nbsp', 'new line nbsp'),
   ],
@@ -31,7 +37,9 @@ def test_normalize_policy(raw, expected):
 
 
 def test_normalize_is_idempotent():
-  for text in ['İstanbul ÀÉ', 'Straße ǅ', 'ＡＢＣ１２３', '红色\tＴ恤 😀', b'\xc3\x28ok']:
+  texts = ['İstanbul ÀÉ', 'Straße ǅ', 'ＡＢＣ１２３', '红色\tＴ恤 😀', b'\xc3\x28ok']
+  texts += ['e\u200b\u0301', 'a\u00ad\u0308', '\u0301x', 'ลาย\u200dไทย', 'क\u200d\u094dष']
+  for text in texts:
     once = normalize_lib.normalize(text)
     assert normalize_lib.normalize(once) == once
 
@@ -56,6 +64,12 @@ def test_normalize_rejects_non_text():
     ('', []),
     ('...!!!', []),
     ('платье красное', ['платье', 'красное']),  # Other alphabets: letter runs.
+    ('ชุดเดรสสีแดง', ['ชุดเดรสสีแดง']),  # Thai: combining vowels stay in the word.
+    ('लाल पोशाक', ['लाल', 'पोशाक']),  # Devanagari: vowel signs stay in the word.
+    ('naïve cafe\u0301 q\u0303x', ['naïve', 'café', 'q\u0303x']),  # Marks NFKC keeps.
+    ('\u0301a 红\u0301色 -\u0301b', ['a', '红', '色', 'b']),  # Marks after no letter.
+    ('1\ufe0f\u20e3 ok', ['1', 'ok']),  # Keycap: the enclosing mark is a symbol.
+    ('red\x00dress', ['red', 'dress']),
   ],
 )
 def test_segment_rules(text, expected):
@@ -74,3 +88,42 @@ def test_long_cjk_and_latin_runs_segment_fast_enough_and_completely():
   words = _words(title)
   # Every non-space character survives into exactly one word, in order.
   assert ''.join(words) == normalize_lib.normalize(title).replace(' ', '')
+
+
+def test_unstable_hmm_words_are_split_the_same_in_and_out_of_context():
+  # jieba's HMM guesses `小众` in context but cuts it `小`, `众` alone; both now agree.
+  in_context = _words('eva日系小众精品')
+  assert in_context == ['eva', '日系', '小', '众', '精品']
+  assert _words('小众') == ['小', '众']
+  assert _words('ipad钢化膜黑边')[-2:] == ['黑', '边']
+
+
+def test_restated_jieba_cut_equals_jieba():
+  runs = [
+    '小众连衣裙',
+    '蹲便器皮塞',
+    '秋之月钓箱出水堵',
+    '\u9fd6中文\u3400𠀀文',
+    '中',
+    '起个大早听鸟叫',
+  ]
+  for run in runs:
+    assert [w for w, _ in segment_lib._jieba_words(run)] == list(segment_lib._jieba().cut(run))
+
+
+@pytest.mark.parametrize(
+  'text',
+  [
+    'eva日系小众精品',
+    'ชุดเดรสสีแดง ลาย',
+    'iPhone15手机壳 T-shirt 2.5mm',
+    '秋之月钓箱出水堵',
+    'a\x00b',
+  ],
+)
+def test_words_rejoined_in_any_order_segment_back(text):
+  words = _words(text)
+  assert words
+  for order in (words, words[::-1], sorted(words), words[1:] + words[:1]):
+    assert sorted(_words(' '.join(order))) == sorted(words)
+  assert all(_words(w) == [w] for w in words)

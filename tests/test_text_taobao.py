@@ -3,11 +3,14 @@
 import collections
 import importlib.util
 import os
+import random
+import zipfile
 
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
+from make_jax.datasets import fashion, synthetic
 from make_jax.text import TextPreprocessor, build_vocab, qid_of_words
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import segment as segment_lib
@@ -82,3 +85,52 @@ def test_all_queries_with_learned_vocab(queries, sorted_words):
   n_tokens, n_unk, empty = _check_encoding(pre, queries, sorted_words, from_words=True)
   print(f'\nlearned vocab ({len(tokens)}): {n_tokens} tokens, {n_unk} [UNK], {empty} empty')
   assert n_unk == 0  # Learned from these very queries: every word can be pieced.
+
+
+def _rejoin_failures(segment, word_lists, seed=0):
+  """Queries whose words, shuffled and joined with spaces, segment to another qid."""
+  rng = random.Random(seed)
+  failures = []
+  for words in word_lists:
+    shuffled = list(words)
+    rng.shuffle(shuffled)
+    again = segment(normalize_lib.normalize(' '.join(shuffled)))
+    if qid_of_words(again) != qid_of_words(words):
+      failures.append((words, shuffled, again))
+  return failures
+
+
+def test_words_rejoined_in_shuffled_order_keep_their_qid(queries, sorted_words):
+  # The table lookup needs it: the same words, in any order, give the same qid.
+  failures = _rejoin_failures(segment_lib.segment, sorted_words)
+  print(f'\n{len(queries) - len(failures)} of {len(queries)} keep their qid re-joined')
+  assert not failures, failures[:20]
+  # The reason it holds for every order: each word, alone, segments to itself.
+  distinct = {w for words in sorted_words for w in words}
+  assert not [w for w in distinct if segment_lib.segment(w) != [w]]
+
+
+def _catalogue_domain_words():
+  """What a builder records: the attribute values of the fashion and synthetic catalogues."""
+  with zipfile.ZipFile(os.path.join(SHARED_DATA, 'fashion-product-images-small.zip')) as zf:
+    rows, _ = fashion.read_styles(zf.read(fashion.STYLES_PATH))
+  entries = set(fashion.brand_of_titles([r['title'] for r in rows]))
+  for column in ('masterCategory', 'subCategory', 'articleType', 'baseColour', 'usage'):
+    entries.update(r[column] for r in rows)
+  for table in (synthetic.COLOURS, synthetic.PATTERNS, synthetic.CATEGORIES, synthetic.BRANDS):
+    entries.update(w for row in table for w in row[:2])
+  return sorted(entries)
+
+
+@pytest.mark.slow
+def test_words_rejoined_keep_their_qid_with_a_domain_dictionary(queries):
+  segmenter = segment_lib.Segmenter(_catalogue_domain_words())
+  word_lists = [segmenter.segment(normalize_lib.normalize(q)) for q in queries]
+  assert sum(' ' in w for words in word_lists for w in words) > 0  # Entries were joined.
+  failures = _rejoin_failures(segmenter.segment, word_lists)
+  print(f'\nwith {len(segmenter.domain_words)} domain words: {len(failures)} change their qid')
+  assert len(failures) <= len(queries) // 10_000  # >= 99.99% keep it.
+  for words, _, again in failures:
+    # The only documented reason: a new order brought an entry's parts together.
+    assert any(' ' in w and w not in words for w in again), (words, again)
+  assert all(segmenter.segment(w) == [w] for words in word_lists for w in words)

@@ -43,6 +43,22 @@ def read_lines(path: str | os.PathLike, stats: CorpusStats | None = None) -> Ite
         stats.skipped += 1
 
 
+def numbered_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+  """Yields (line number from 1, text) for EVERY line of a file, blank lines included.
+
+  Lines end at `\\n` only (a lone `\\r`, `\\x0b` or U+2028 stays inside its line; one
+  `\\r` before the `\\n` is removed), so the numbers are those of `sed -n Np` and
+  `wc -l`, plus a last line without a newline. Invalid UTF-8 becomes U+FFFD.
+  """
+  with open(path, 'rb') as f:
+    for number, raw in enumerate(f, start=1):  # Binary files split at b'\n' only.
+      if raw.endswith(b'\n'):
+        raw = raw[:-1]
+      if raw.endswith(b'\r'):
+        raw = raw[:-1]
+      yield number, raw.decode('utf-8', errors='replace')
+
+
 def fashion_titles(zip_path: str | os.PathLike, stats: CorpusStats | None = None) -> Iterator[str]:
   """Yields the product titles (`productDisplayName`) of the fashion catalogue zip.
 

@@ -4,8 +4,16 @@ Why: this is the one object the input pipeline, the exporter and the server shar
 that a query is turned into the same words, qid and ids at training time and at serving
 time. The steps (each in its own module):
 
-  normalize (NFKC, lower, controls) -> segment (jieba + word boundaries) -> sort words
-  -> qid (blake2b-32 of the sorted words) and WordPiece ids `[CLS] ... [SEP] [PAD]...`
+  normalize (NFKC, lower, controls) -> segment (jieba + word boundaries, with the domain
+  dictionary) -> sort words -> qid (blake2b-32 of the sorted words) and WordPiece ids
+  `[CLS] ... [SEP] [PAD]...`
+
+The words are stable: re-joined with spaces, in any order, they give the same words and
+the same qid (`segment.py`). A domain dictionary (`domain_words=`, raw attribute values
+such as brands, categories and colours; `domain.py`) keeps catalogue words whole; a
+multi-word entry is one word with its inner space (`red chief`), which WordPiece encodes
+as the pieces of its parts, all flagged together as one keyword. The qid is a function of
+the text and the set of domain words: save `domain_words` with a model and its qid table.
 
 Encoding (contract 1): `ids[0] = [CLS]`, then the pieces of the sorted words, `[SEP]`
 right after the last piece kept, `[PAD]` to `max_len`; `mask` is 1 on [CLS], pieces and
@@ -38,16 +46,28 @@ Text = str | bytes
 class TextPreprocessor:
   """Normalises, segments, sorts, hashes and WordPiece-encodes queries and titles."""
 
-  def __init__(self, tokenizer: wordpiece.WordPieceTokenizer, *, sort_words: bool = True):
+  def __init__(
+    self,
+    tokenizer: wordpiece.WordPieceTokenizer,
+    *,
+    sort_words: bool = True,
+    domain_words: Sequence[str] = (),
+  ):
     """Wraps a tokenizer.
 
     Args:
       tokenizer: the WordPiece vocabulary and rules.
       sort_words: sort words before tokenizing (SPEC 2.3; False is an ablation). The qid
         always uses the sorted words.
+      domain_words: whole words of the catalogue (raw attribute values: `Red Chief`,
+        `红隼`), normalised here; each stays one word (`domain.py`).
+
+    Raises:
+      TypeError: if `domain_words` is one string or holds something that is not text.
     """
     self._tokenizer = tokenizer
     self._sort_words = sort_words
+    self._segmenter = segment_lib.Segmenter(domain_words)
     self.pad_id = tokenizer.token_to_id(wordpiece.PAD)
     self.unk_id = tokenizer.token_to_id(wordpiece.UNK)
     self.cls_id = tokenizer.token_to_id(wordpiece.CLS)
@@ -58,24 +78,36 @@ class TextPreprocessor:
 
   @classmethod
   def from_vocab_file(
-    cls, path: str | os.PathLike, *, sort_words: bool = True, strip_accents: bool = False
+    cls,
+    path: str | os.PathLike,
+    *,
+    sort_words: bool = True,
+    strip_accents: bool = False,
+    domain_words: Sequence[str] = (),
   ) -> 'TextPreprocessor':
     """From a BERT vocab.txt (ids as in the file). Raises `VocabError` if it is unusable.
 
     Pass `strip_accents=True` for BERT uncased vocabularies (all-MiniLM-L6-v2).
     """
     tokens = vocab_lib.load_vocab_file(path)
-    return cls(
-      wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents), sort_words=sort_words
+    return cls.from_tokens(
+      tokens, sort_words=sort_words, strip_accents=strip_accents, domain_words=domain_words
     )
 
   @classmethod
   def from_tokens(
-    cls, tokens: Sequence[str], *, sort_words: bool = True, strip_accents: bool = False
+    cls,
+    tokens: Sequence[str],
+    *,
+    sort_words: bool = True,
+    strip_accents: bool = False,
+    domain_words: Sequence[str] = (),
   ) -> 'TextPreprocessor':
     """From a vocabulary in id order (e.g. the output of `build_vocab`)."""
     return cls(
-      wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents), sort_words=sort_words
+      wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents),
+      sort_words=sort_words,
+      domain_words=domain_words,
     )
 
   @classmethod
@@ -86,10 +118,17 @@ class TextPreprocessor:
     *,
     sort_words: bool = True,
     strip_accents: bool = False,
+    domain_words: Sequence[str] = (),
   ) -> 'TextPreprocessor':
-    """Learns a vocabulary from raw texts (`build_vocab`) and wraps it."""
+    """Learns a vocabulary from raw texts (`build_vocab`) and wraps it.
+
+    The domain words do not change the vocabulary (WordPiece splits words at spaces and
+    CJK characters anyway), only the words this preprocessor makes.
+    """
     tokens = vocab_lib.build_vocab(corpus, vocab_size, strip_accents=strip_accents)
-    return cls.from_tokens(tokens, sort_words=sort_words, strip_accents=strip_accents)
+    return cls.from_tokens(
+      tokens, sort_words=sort_words, strip_accents=strip_accents, domain_words=domain_words
+    )
 
   # --- Properties -----------------------------------------------------------------------
 
@@ -105,16 +144,21 @@ class TextPreprocessor:
   def sort_words(self) -> bool:
     return self._sort_words
 
+  @property
+  def domain_words(self) -> tuple[str, ...]:
+    """The domain dictionary: normalised entries, sorted, without duplicates."""
+    return self._segmenter.domain_words
+
   # --- Words and qid --------------------------------------------------------------------
 
   def words(self, text: Text) -> list[str]:
     """Normalised, segmented words of `text`, sorted (unless `sort_words=False`)."""
-    words = segment_lib.segment(normalize_lib.normalize(text))
+    words = self._segmenter.segment(normalize_lib.normalize(text))
     return sorted(words) if self._sort_words else words
 
   def qid(self, text: Text) -> int:
     """The uint32 qid of `text` (of its sorted words; `EMPTY_QID` if it has none)."""
-    return qid_lib.qid_of_words(segment_lib.segment(normalize_lib.normalize(text)))
+    return qid_lib.qid_of_words(self._segmenter.segment(normalize_lib.normalize(text)))
 
   # --- Encoding -------------------------------------------------------------------------
 
@@ -221,7 +265,7 @@ class TextPreprocessor:
     title_words = self.words(title)
     product_words = set(title_words)
     for value in attributes:
-      product_words.update(segment_lib.segment(normalize_lib.normalize(value)))
+      product_words.update(self._segmenter.segment(normalize_lib.normalize(value)))
     keywords = frozenset(w for w in query_words if w in product_words)
     q_ids, q_mask, q_kw = self._encode_word_lists([query_words], query_len, [keywords])
     t_ids, t_mask, t_kw = self._encode_word_lists([title_words], title_len, [keywords])

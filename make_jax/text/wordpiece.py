@@ -20,7 +20,10 @@ How segmentation, sorting and BERT's rules interact:
   all-MiniLM-L6-v2's, whose tokenizer strips accents: `café` -> `cafe`).
 
 Because every piece carries its word index, pieces decode back to words exactly:
-`decode_words(*tokenize_words(words)) == words` whenever no piece is [UNK].
+`decode_words(*tokenize_words(words)) == words` whenever no piece is [UNK] and no word
+has an inner space. A multi-word domain word (`red chief`, see `domain.py`) is split at
+its space into the pieces of its parts, all with its one word index; it decodes without
+the space (`redchief`).
 """
 
 from collections.abc import Sequence
@@ -175,8 +178,8 @@ class WordPieceTokenizer:
   def decode_words(self, ids: Sequence[int], word_index: Sequence[int]) -> list[str]:
     """Rebuilds the words from pieces: a word is its pieces joined, `##` removed.
 
-    Exact inverse of `tokenize_words` for words without [UNK] pieces (and, with
-    `strip_accents`, without accents).
+    Exact inverse of `tokenize_words` for words without [UNK] pieces or inner spaces
+    (and, with `strip_accents`, without accents).
     """
     if len(ids) != len(word_index):
       raise ValueError(f'{len(ids)} ids but {len(word_index)} word indices')
