@@ -35,7 +35,9 @@ def fashion_builder(tmp_path_factory):
   config = fashion_products.FashionProductsConfig(
     name='test_hide30',
     hide_colour_share=HIDE_SHARE,
-    mock=fashion_queries.MockSpec(num_pairs=8000),
+    # The default test share (the test split is the default build's); a smaller validation
+    # share: fewer records to write.
+    mock=fashion_queries.MockSpec(num_pairs=8000, validation_share=0.01),
   )
   return loading.prepare(
     'fashion_products', config, tmp_path_factory.getbasetemp() / 'tfds', SHARED_DATA

@@ -138,7 +138,7 @@ def brand_of_titles(titles: Sequence[str], colours: Sequence[str]) -> tuple[list
 
   Returns:
     (brands, counts): one brand per title ('' when none), spelled as most titles spell it;
-    counts of 'colour_only_brand' (a prefix of colour words only, dropped) and
+    counts of 'colour_only_brand' (titles whose brand would only name a colour: none) and
     'brand_respelled' (titles whose brand is written another way in most titles).
   """
   vocab, colour_keys = colour_vocabulary(colours)
@@ -150,7 +150,7 @@ def brand_of_titles(titles: Sequence[str], colours: Sequence[str]) -> tuple[list
     for k in range(1, len(f) + 1):
       starts[tuple(f[:k])] += 1
       own_colour[tuple(f[:k])] += f[k - 1] in mine
-  counts = Counter()
+  counts = Counter(colour_only_brand=0)
   raw = []
   for p, f in zip(prefixes, folded, strict=True):
     k = min(1, len(f))
