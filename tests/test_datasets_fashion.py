@@ -1,5 +1,6 @@
 """fashion_products: the real catalogue builds, its defects are counted exactly, and the
-mocked clicks, brands and hidden colours follow the documented rules."""
+mocked clicks, evaluation target sets, brands, images and hidden colours follow the
+documented rules."""
 
 import csv
 import io
@@ -14,7 +15,7 @@ import tensorflow_datasets as tfds
 from conftest import SHARED_DATA
 from PIL import Image
 
-from make_jax.datasets import clicks, fashion, fashion_products, loading
+from make_jax.datasets import clicks, fashion, fashion_products, fashion_queries, loading
 
 ZIP = os.path.join(SHARED_DATA, fashion_products.ARCHIVE)
 HIDE_SHARE = 0.3
@@ -34,7 +35,9 @@ def fashion_builder(tmp_path_factory):
   config = fashion_products.FashionProductsConfig(
     name='test_hide30',
     hide_colour_share=HIDE_SHARE,
-    mock=fashion.MockSpec(num_pairs=8000),
+    # The default test share (the test split is the default build's); a smaller validation
+    # share: fewer records to write.
+    mock=fashion_queries.MockSpec(num_pairs=8000, validation_share=0.01),
   )
   return loading.prepare(
     'fashion_products', config, tmp_path_factory.getbasetemp() / 'tfds', SHARED_DATA
@@ -112,21 +115,98 @@ def test_pairs_decode_and_carry_train_log_p(fashion_builder, catalogue):
   assert unclicked[0]['log_p'] == pytest.approx(np.log(0.5 / n), abs=1e-5)
 
 
-def test_test_queries_are_not_train_queries_and_name_the_clicked_product(fashion_builder):
-  def load(split):
+@pytest.fixture(scope='session')
+def query_splits(fashion_builder):
+  """Records of train/validation/test, images not decoded (read once per session)."""
+  out = {}
+  for split in clicks.SPLITS:
     source = fashion_builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-    return source.__getitems__(list(range(len(source))))
+    out[split] = source.__getitems__(list(range(len(source))))
+  return out
 
-  train, test = load('train'), load('test')
-  key = lambda r: clicks.query_key(_s(r['query']).split())
-  assert test and not {key(r) for r in train} & {key(r) for r in test}
-  for r in test:
-    named = [_s(r[k]) for k in fashion.INTENT_FEATURES if _s(r[k])]
-    assert named, r['query']
-    for intent, field in fashion.INTENT_FEATURES.items():
-      if _s(r[intent]):
-        assert _s(r[intent]) == _s(r[field])  # The intent is the clicked product's value.
-        assert _s(r[intent]).lower() in _s(r['query'])
+
+def _key(r):
+  return clicks.query_key(_s(r['query']).split())
+
+
+def test_evaluation_splits_hold_complete_target_sets_of_distinct_queries(
+  fashion_builder, catalogue, query_splits
+):
+  meta = fashion_builder.info.metadata
+  cap = fashion_builder.builder_config.mock.max_targets
+  train_keys = {_key(r) for r in query_splits['train']}
+  # Naive reference: a product satisfies a named attribute when its value is the same
+  # text (any case); the query's words are exactly those of the named values.
+  by_value = {}
+  for pid, r in catalogue.items():
+    for field in fashion_queries.INTENT_FEATURES.values():
+      by_value.setdefault((field, _s(r[field]).lower()), set()).add(pid)
+  for split in ('validation', 'test'):
+    records = query_splits[split]
+    targets, named = {}, {}
+    for r in records:
+      intents = {f: _s(r[k]) for k, f in fashion_queries.INTENT_FEATURES.items() if _s(r[k])}
+      assert intents, r['query']
+      words = ' '.join(intents.values()).lower().split()
+      assert sorted(words) == sorted(_s(r['query']).split())  # No word twice, none else.
+      for field, value in intents.items():
+        assert _s(r[field]) == value  # The intent is the record's product's value.
+      targets.setdefault(_key(r), set()).add(r['product_id'])
+      named.setdefault(_key(r), set()).add(tuple(sorted(intents.items())))
+    for key, pids in targets.items():
+      expected = set()
+      for intents in named[key]:
+        expected |= set.intersection(*(by_value[(f, v.lower())] for f, v in intents))
+      assert pids == expected, key
+      assert len(pids) <= cap
+    assert not train_keys & set(targets)
+    assert meta['num_queries'][split] == len(targets)
+    assert meta['pairs'][split] == len(records) == sum(map(len, targets.values()))
+  assert meta['num_queries']['test'] >= 1000
+  assert meta['pairs']['train'] == 8000
+
+
+def test_no_query_repeats_a_word_or_names_a_colour_as_a_brand(catalogue, query_splits):
+  colours = {_s(r['baseColour']).lower() for r in catalogue.values()}
+  for split in clicks.SPLITS:
+    for r in query_splits[split]:
+      words = _s(r['query']).split()
+      assert len(words) == len(set(words)), r['query']
+      brand = _s(r['query_brand']).lower()
+      assert not brand or brand not in colours, r['query']
+
+
+def test_brands_of_the_real_catalogue(fashion_builder, catalogue):
+  brands = {pid: _s(r['brand']) for pid, r in catalogue.items()}
+  names = set(brands.values()) - {''}
+  assert len({b.lower() for b in names}) == len(names)  # PUMA and Puma are one brand.
+  colours = {_s(r['baseColour']).lower() for r in catalogue.values()}
+  assert not {b.lower() for b in names} & colours
+  for pid, r in catalogue.items():
+    title = _s(r['title'])
+    if title.startswith('Red Chief '):
+      assert brands[pid] == 'Red Chief'
+    if title.lower().startswith('united colors of benetton'):
+      assert brands[pid] == 'United Colors of Benetton', title
+    if title.startswith('Allen Solly Wom'):
+      assert brands[pid] == 'Allen Solly', title
+    if title.startswith('Avirate '):
+      assert brands[pid] == 'Avirate', title
+  meta = fashion_builder.info.metadata['brands']
+  assert meta['count'] == len(names)
+  assert [b for b, _ in meta['top'][:3]] == ['Nike', 'Puma', 'ADIDAS']
+
+
+def test_domain_words(fashion_builder, catalogue):
+  words = fashion_builder.info.metadata['domain_words']
+  assert words == sorted(set(words))
+  expected = {
+    _s(r[f])
+    for r in catalogue.values()
+    for f in ('brand', 'masterCategory', 'subCategory', 'articleType', 'baseColour')
+  } - {'', 'NA'}
+  assert set(words) == expected
+  assert {'Red Chief', 'Navy Blue', 'Casual Shoes'} <= set(words)
 
 
 def test_colour_removed_from_the_configured_share_of_titles(catalogue, zip_scan):
@@ -160,12 +240,43 @@ def test_brand_rule():
   titles = ['Peter England Men Blue Shirt'] * 20 + ['Peter Pan Women Top'] * 2
   titles += ['Turtle Check Men Shirt'] + ['Turtle Men Navy Shirt'] * 30
   titles += ['Olay Regenerist Cream Cleanser', 'Men Black Socks']
-  brands = fashion.brand_of_titles(titles)
+  colours = ['Blue'] * 20 + ['Red'] * 2 + ['Navy Blue'] * 31 + ['White', 'Black']
+  brands, _ = fashion.brand_of_titles(titles, colours)
   assert brands[0] == 'Peter England'
   assert brands[20] == 'Peter'  # 2 of 22 "Peter" titles go on with "Pan": below 30%.
   assert brands[22] == 'Turtle'
   assert brands[-2] == 'Olay'
   assert brands[-1] == ''
+
+
+def test_brand_rule_checks_colours_case_and_spelling():
+  cases = [
+    # (title, its colour, expected brand), each title repeated 12 times.
+    ('Red Chief Men Brown Shoes', 'Brown', 'Red Chief'),  # A colour word must grow.
+    ('Red Tape Men Black Shoes', 'Black', 'Red Tape'),
+    ('Red Men Solid Tshirt', 'Red', ''),  # Only a colour: no brand.
+    ('Avirate Black Dress', 'Black', 'Avirate'),  # The product's own colour.
+    ('Avirate Black & White Dress', 'Black', 'Avirate'),
+    ('Do u speak green Men Tshirt', 'Blue', 'Do u speak green'),  # Not their colour.
+    ('Allen Solly Woman Khaki Trousers', 'Khaki', 'Allen Solly'),
+    ('Allen Solly Men Blue Shirt', 'Blue', 'Allen Solly'),
+    ('United Colors of Benetton Men Shirt', 'Blue', 'United Colors of Benetton'),
+    ('Reid & Taylor Men Socks', 'Grey', 'Reid & Taylor'),
+    ('Puma Men Shoes', 'Black', 'Puma'),
+  ]
+  titles = [t for t, _, _ in cases for _ in range(12)]
+  colours = [c for _, c, _ in cases for _ in range(12)]
+  # Other spellings of the same brands, in fewer titles.
+  odd = {
+    'United colors of benetton Women Blue Cap': 'United Colors of Benetton',
+    'united Colors Of Benetton Women Grey Tight': 'United Colors of Benetton',
+    'PUMA Women Shoes': 'Puma',
+    'Reid&Taylor Men Tie': 'Reid & Taylor',
+  }
+  brands, counts = fashion.brand_of_titles(titles + list(odd), colours + ['Blue'] * len(odd))
+  assert brands[: len(titles)] == [b for _, _, b in cases for _ in range(12)]
+  assert brands[len(titles) :] == list(odd.values())
+  assert counts['colour_only_brand'] == 12
 
 
 def test_malformed_styles_rows_are_repaired_or_skipped_and_counted():
@@ -207,3 +318,18 @@ def test_undecodable_and_missing_images_become_flagged_black_images(tmp_path):
     assert not missing and defects == {'greyscale_image', 'odd_size_image'}
     img = Image.open(io.BytesIO(jpeg))
     assert img.mode == 'RGB' and img.size == (60, 80)
+    # 30x40 has the catalogue's 3:4 proportions: scaled, nothing padded.
+    assert np.abs(np.asarray(img).astype(int) - 128).max() <= 3
+
+
+@pytest.mark.parametrize(('size', 'box'), [((60, 60), (0, 10, 60, 70)), ((53, 80), (3, 0, 56, 80))])
+def test_odd_sizes_are_padded_not_stretched(size, box):
+  content = np.zeros((size[1], size[0], 3), np.uint8)
+  content[..., 0] = 200  # Dark red, far from the white padding.
+  fitted = np.asarray(fashion.fit_and_pad(Image.fromarray(content), 60, 80))
+  assert fitted.shape == (80, 60, 3)
+  left, top, right, bottom = box
+  np.testing.assert_array_equal(fitted[top:bottom, left:right], content)
+  outside = np.ones((80, 60), bool)
+  outside[top:bottom, left:right] = False
+  assert (fitted[outside] == 255).all() and outside.sum() == 60 * 80 - size[0] * size[1]

@@ -1,9 +1,13 @@
-"""Input pipeline: contract-2 batches, exact resume, disjoint host shards, clear errors."""
+"""Input pipeline: contract-2 batches, exact resume, a state refused on another input,
+disjoint host shards, images padded (not stretched), clear errors."""
+
+import io
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from configs import tiny
 from make_jax.datasets import loading
@@ -84,10 +88,45 @@ def test_restored_position_reproduces_the_batch_sequence(config, text, builder):
   threaded.close()
 
 
-def test_state_from_another_layout_is_rejected(config, text, builder):
-  state = _pipeline(config, text, builder).get_state()
-  with pytest.raises(ValueError, match='process_count'):
-    _pipeline(config, text, builder, process_count=2, local_device_count=1).set_state(state)
+def test_state_for_another_split_size_seed_or_host_layout_is_refused(text, builder):
+  source = _Indexed(builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()}))
+  featurize = _featurizer(text)
+
+  def pipeline(src=source, **kw):
+    kw = {'batch_size': 4, 'seed': 0, 'process_index': 0, 'process_count': 1} | kw
+    return ip.InputPipeline(src, featurize, **kw)
+
+  first = pipeline()
+  next(first)
+  state = first.get_state()
+  assert state['num_records'] == len(source)
+  pipeline().set_state(state)  # The same input: accepted.
+  shorter = _Indexed(source, length=len(source) - 1)  # The same records, one fewer.
+  for other, message in [
+    (pipeline(src=shorter), f'split size {len(source)} .this pipeline: {len(source) - 1}'),
+    (pipeline(seed=1), 'shuffle seed 0 .this pipeline: 1'),
+    (pipeline(process_count=2), 'host count 1 .this pipeline: 2'),
+    (pipeline(process_index=1, process_count=2), 'host index 0 .this pipeline: 1'),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      other.set_state(state)
+  with pytest.raises(ValueError, match='position is invalid'):
+    pipeline().set_state(state | {'offset': len(source) + 1})
+
+
+def test_non_square_images_are_padded_to_a_square_not_stretched():
+  photo = np.zeros((80, 60, 3), np.uint8)  # A 3:4 (W:H) photo, dark red.
+  photo[..., 0] = 200
+  buf = io.BytesIO()
+  Image.fromarray(photo).save(buf, format='PNG')
+  image = ip_featurize.decode_image(buf.getvalue(), 40)
+  # Reference: white 80x80 canvas, photo centred (columns 10..69), bilinear to 40x40.
+  square = np.full((80, 80, 3), 255, np.uint8)
+  square[:, 10:70] = photo
+  expected = np.asarray(Image.fromarray(square).resize((40, 40), Image.Resampling.BILINEAR))
+  np.testing.assert_array_equal(image, expected)
+  assert (image[:, :4] == 255).all() and (image[:, 36:] == 255).all()  # Padding, not stretch.
+  assert (image[:, 6:34] == [200, 0, 0]).all()
 
 
 def test_shuffle_depends_on_the_seed(config, text, builder):
@@ -100,11 +139,12 @@ def test_shuffle_depends_on_the_seed(config, text, builder):
 class _Indexed:
   """A data source whose records also carry their index (to see who read what)."""
 
-  def __init__(self, source, corrupt=()):
+  def __init__(self, source, corrupt=(), length=None):
     self._source, self._corrupt = source, dict(corrupt)
+    self._length = len(source) if length is None else length
 
   def __len__(self):
-    return len(self._source)
+    return self._length
 
   def __getitem__(self, i):
     r = dict(self._source[i]) | {'index': i}

@@ -14,10 +14,19 @@ sampling-probability rules of SPEC section 1 live here once and are tested once:
   for their product (it is a property of the product, estimated on train). A product
   never clicked in train gets log(0.5 / number of train pairs): half a click, below every
   clicked product, finite so that the eq. 3 correction stays finite.
+
+Evaluation splits are different: they are judged by distinct queries, not by clicks.
+Validation and test hold, for every query whose key hashes there, one record per
+product that satisfies it (the evaluator takes the union of a query's product ids as its
+target set), so a query counts once however popular it is. A query satisfied by more
+than `max_targets` products (a broad one, e.g. `tshirts`) is kept in train instead
+(`evaluation_split`), so every evaluation target set is complete and none dominates a
+split. A click whose query is an evaluation query is not a training pair.
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -47,6 +56,13 @@ def zipf_probabilities(num_items: int, exponent: float, rng: np.random.Generator
 def query_key(words: Sequence[str]) -> str:
   """The split key of a query: its words, lower-cased, deduplicated and sorted."""
   return ' '.join(sorted({w.lower() for w in words if w}))
+
+
+def query_words(values: Iterable[str]) -> list[str] | None:
+  """The lower-cased words of the attribute values a query names, in order; None when a
+  word would repeat (`casual shoes casual`): such a query is never made."""
+  words = [w for v in values for w in v.lower().split()]
+  return words if len(set(words)) == len(words) else None
 
 
 def split_of_query(
@@ -88,3 +104,32 @@ def train_log_p(product_ids: np.ndarray, num_products: int) -> np.ndarray:
   counts = np.bincount(product_ids, minlength=num_products).astype(np.float64)
   counts = np.where(counts > 0, counts, 0.5)
   return np.log(counts / n).astype(np.float32)
+
+
+def evaluation_split(
+  words: Sequence[str],
+  num_targets: int,
+  validation_share: float,
+  test_share: float,
+  max_targets: int,
+  salt: str = '',
+) -> str:
+  """The split of a query satisfied by `num_targets` products: `split_of_query`, except
+  that a broad query (more than `max_targets` products) always trains."""
+  if max_targets < 1:
+    raise ValueError(f'max_targets must be >= 1, got {max_targets}')
+  if num_targets > max_targets:
+    return 'train'
+  return split_of_query(words, validation_share, test_share, salt)
+
+
+def query_stats(queries: Sequence[str]) -> dict[str, float]:
+  """Distinct queries (by `query_key`), records, and the largest query's records and share."""
+  counts = Counter(query_key(q.split()) for q in queries)
+  top = max(counts.values(), default=0)
+  return {
+    'queries': len(counts),
+    'records': len(queries),
+    'largest_query_records': top,
+    'largest_query_share': top / len(queries) if queries else 0.0,
+  }

@@ -1,45 +1,45 @@
-"""Reading the fashion catalogue zip and mocking its click log (no TFDS here).
+"""Reading the fashion catalogue zip: products, brands, images, hidden colours (no TFDS).
 
 The Kaggle "Fashion Product Images (Small)" archive (data/README.md) has a catalogue but
-no queries. This module turns it into what the `fashion_products` builder writes, and
-keeps every rule testable on its own:
+no queries. This module turns it into the products the `fashion_products` builder writes
+(queries are mocked in `fashion_queries`), and keeps every rule testable on its own:
 
 * `read_styles`: styles.csv rows -> product dicts. A row with more than 10 fields
   (unquoted commas inside productDisplayName) is repaired by joining the extra fields
   back into the title; a row with fewer fields or a non-integer id is skipped. Both are
   counted. Empty cells stay '' (year: 0).
 * `brand_of_titles`: the brand is the title's leading words before the first gender
-  word (Men, Women, Boys, Girls, Unisex, ...), at most 4: the first word, extended one
+  word (Men, Woman, Boys, Kids, Unisex, Infant, ...), at most 4 and never the title's
+  last word. Words are compared without case. From the first word, the brand grows one
   word at a time while the longer prefix still starts at least 30% (and >= 10) of the
-  titles that start with the shorter one. So "Peter England Men ..." -> "Peter England",
-  "United Colors of Benetton Women ..." -> "United Colors of Benetton", but "Turtle Check
-  Men ..." -> "Turtle" (few Turtle titles go on with "Check").
+  titles that start with the shorter one ("Peter England Men ..." -> "Peter England";
+  "Turtle Check Men ..." -> "Turtle": few Turtle titles go on with "Check"). Checked
+  against the colour vocabulary (the words and values of baseColour):
+  - a brand that only names a colour grows regardless ("Red Chief", "Pink Floyd"), and
+    is dropped ('') if it cannot ("Black Men Shirt");
+  - a colour word joins only if it is not the colour of most products whose titles
+    start that way ("Avirate Black Dress" -> "Avirate"; "Do u speak green" stays);
+  - a brand does not end with a connector ('&', 'and', 'of', ...).
+  Spellings that differ only in case and punctuation ("PUMA"/"Puma", "Reid&Taylor"/
+  "Reid & Taylor", "U.S.Polo Assn."/"U.S. Polo Assn.") are one brand, written the way
+  most titles write it.
 * `load_image`: the stored JPEG when it is RGB 60x80 (bytes kept as they are); greyscale
-  or other modes converted to RGB, other sizes resized to 60x80 (W x H), both
-  re-encoded; a missing file gives a black image and image_missing=True; an
+  or other modes converted to RGB, other sizes scaled to fit 60x80 with their
+  proportions kept and padded, centred, with PAD_RGB (white, the photos' background),
+  both re-encoded; a missing file gives a black image and image_missing=True; an
   undecodable file is treated as missing. Each case is counted.
 * `hide_colour`: removes the colour phrase from a title (whole words, any case).
-* `mock_queries`: like the paper's "mocked query" for products without logs: a query is
-  a template over the clicked product's attributes (gender, colour, article type, brand,
-  usage, season), lower-cased, words in random order; the clicked product is drawn from
-  a Zipf-skewed popularity (`clicks`) and the template among those whose fields the
-  product has. Pairs are split by the query's word set, so test queries are never
-  train queries; evaluation judges them against the whole catalogue.
 """
 
 import csv
-import dataclasses
 import io
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-import numpy as np
 from absl import logging
 from PIL import Image
-
-from make_jax.datasets import clicks
 
 STYLES_PATH = 'myntradataset/styles.csv'
 IMAGE_PATH = 'myntradataset/images/{}.jpg'
@@ -56,31 +56,17 @@ COLUMNS = (
   'productDisplayName',
 )
 IMAGE_WIDTH, IMAGE_HEIGHT = 60, 80  # The catalogue's native size (PIL order: W, H).
+PAD_RGB = (255, 255, 255)  # Padding of odd sizes: the white background of the photos.
+# Words that end a brand (case-folded): the audience a title names after its brand.
 GENDER_WORDS = frozenset(
-  {'men', 'women', 'boys', 'girls', 'unisex', 'kids', "men's", "women's", 'mens', 'womens'}
+  {'men', 'women', 'man', 'woman', 'boys', 'girls', 'boy', 'girl', 'unisex', 'kids', "kid's"}
+  | {"men's", "women's", 'mens', 'womens', 'infant', 'infants', 'ladies', 'lady'}
 )
-# Query templates over product attributes ('brand' is derived from the title).
-QUERY_TEMPLATES = (
-  ('articleType',),
-  ('brand',),
-  ('baseColour', 'articleType'),
-  ('gender', 'articleType'),
-  ('brand', 'articleType'),
-  ('usage', 'articleType'),
-  ('season', 'articleType'),
-  ('gender', 'baseColour', 'articleType'),
-  ('brand', 'gender', 'articleType'),
-  ('brand', 'baseColour', 'articleType'),
-)
-# Query intent feature -> product attribute it names ('' in a pair when not named).
-INTENT_FEATURES = {
-  'query_brand': 'brand',
-  'query_category': 'articleType',
-  'query_colour': 'baseColour',
-  'query_gender': 'gender',
-  'query_usage': 'usage',
-  'query_season': 'season',
-}
+MAX_BRAND_WORDS = 4  # 'United Colors of Benetton'.
+MIN_BRAND_TITLES = 10  # A longer brand needs this many titles ...
+BRAND_SHARE = 0.3  # ... and this share of the titles that start with the shorter one.
+CONNECTORS = frozenset({'&', 'and', 'of', '-', '+', 'n', 'by', 'with', 'the'})  # Never last.
+MISSING = frozenset({'', 'NA'})  # Attribute cells that say nothing.
 
 
 def read_styles(csv_bytes: bytes) -> tuple[list[dict[str, object]], Counter]:
@@ -118,29 +104,78 @@ def read_styles(csv_bytes: bytes) -> tuple[list[dict[str, object]], Counter]:
   return products, counts
 
 
+def _key(text: str) -> str:
+  """How brands are compared: case-folded letters and digits only ('Reid&Taylor' ==
+  'Reid & Taylor', 'PUMA' == 'Puma')."""
+  return ''.join(c for c in text.casefold() if c.isalnum())
+
+
+def colour_vocabulary(colours: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+  """(words, phrases): the case-folded words of the catalogue's baseColour values, and the
+  brand keys that only name a colour (a whole value, 'navyblue', or one of its words)."""
+  values = {c for c in colours if c not in MISSING}
+  words = frozenset(w.casefold() for c in values for w in c.split())
+  return words, frozenset({_key(c) for c in values} | {_key(w) for w in words})
+
+
 def _prefix(title: str) -> list[str]:
+  # Words before the first gender word; never the title's last word (the product name).
+  words = title.split()[:-1]
   out = []
-  for word in title.split()[:4]:
-    if word.lower() in GENDER_WORDS:
+  for word in words[:MAX_BRAND_WORDS]:
+    if word.casefold() in GENDER_WORDS:
       break
     out.append(word)
   return out
 
 
-def brand_of_titles(titles: Sequence[str]) -> list[str]:
-  """The brand of every title, by the leading-words rule of the module docstring."""
+def brand_of_titles(titles: Sequence[str], colours: Sequence[str]) -> tuple[list[str], Counter]:
+  """The brand of every title, by the rule of the module docstring.
+
+  Args:
+    titles: product titles.
+    colours: each product's baseColour ('' when unknown), for the colour checks.
+
+  Returns:
+    (brands, counts): one brand per title ('' when none), spelled as most titles spell it;
+    counts of 'colour_only_brand' (titles whose brand would only name a colour: none) and
+    'brand_respelled' (titles whose brand is written another way in most titles).
+  """
+  vocab, colour_keys = colour_vocabulary(colours)
   prefixes = [_prefix(t) for t in titles]
-  starts = Counter()
-  for p in prefixes:
-    for k in range(1, len(p) + 1):
-      starts[tuple(p[:k])] += 1
-  brands = []
-  for p in prefixes:
-    k = min(1, len(p))
-    while k < len(p) and starts[tuple(p[: k + 1])] >= max(10, 0.3 * starts[tuple(p[:k])]):
+  folded = [[w.casefold() for w in p] for p in prefixes]
+  own = [{w.casefold() for w in c.split()} for c in colours]
+  starts, own_colour = Counter(), Counter()
+  for f, mine in zip(folded, own, strict=True):
+    for k in range(1, len(f) + 1):
+      starts[tuple(f[:k])] += 1
+      own_colour[tuple(f[:k])] += f[k - 1] in mine
+  counts = Counter(colour_only_brand=0)
+  raw = []
+  for p, f in zip(prefixes, folded, strict=True):
+    k = min(1, len(f))
+    while k < len(f):
+      longer = tuple(f[: k + 1])
+      colour_only = _key(''.join(f[:k])) in colour_keys
+      frequent = starts[longer] >= max(MIN_BRAND_TITLES, BRAND_SHARE * starts[tuple(f[:k])])
+      # A colour word joins only if it is not the colour of most of those products.
+      describes = f[k] in vocab and 2 * own_colour[longer] >= starts[longer]
+      if not (colour_only or frequent) or describes:
+        break
       k += 1
-    brands.append(' '.join(p[:k]))
-  return brands
+    while k > 1 and f[k - 1] in CONNECTORS:
+      k -= 1
+    if k and _key(''.join(f[:k])) in colour_keys:
+      counts['colour_only_brand'] += 1
+      k = 0
+    raw.append(' '.join(p[:k]))
+  spellings = Counter(raw)
+  best = {}
+  for spelling in sorted(spellings, key=lambda b: (-spellings[b], b)):
+    best.setdefault(_key(spelling), spelling)
+  brands = [best[_key(b)] for b in raw]
+  counts['brand_respelled'] = sum(b != r for b, r in zip(brands, raw, strict=True))
+  return brands, counts
 
 
 def _encode_jpeg(img: Image.Image) -> bytes:
@@ -158,6 +193,21 @@ def black_jpeg() -> bytes:
   if _BLACK_JPEG is None:
     _BLACK_JPEG = _encode_jpeg(Image.new('RGB', (IMAGE_WIDTH, IMAGE_HEIGHT)))
   return _BLACK_JPEG
+
+
+def fit_and_pad(img: Image.Image, width: int, height: int) -> Image.Image:
+  """`img` scaled (bilinear, proportions kept) to fit `width` x `height`, centred on a
+  PAD_RGB canvas of exactly that size: a 60x60 photo gets 10 rows above and below."""
+  scale = min(width / img.width, height / img.height)
+  size = (
+    max(1, min(width, round(img.width * scale))),
+    max(1, min(height, round(img.height * scale))),
+  )
+  if size != img.size:
+    img = img.resize(size, Image.Resampling.BILINEAR)
+  canvas = Image.new('RGB', (width, height), PAD_RGB)
+  canvas.paste(img, ((width - size[0]) // 2, (height - size[1]) // 2))
+  return canvas
 
 
 def load_image(zf: zipfile.ZipFile, product_id: int) -> tuple[bytes, bool, set[str]]:
@@ -184,7 +234,7 @@ def load_image(zf: zipfile.ZipFile, product_id: int) -> tuple[bytes, bool, set[s
     img = img.convert('RGB')
   if img.size != (IMAGE_WIDTH, IMAGE_HEIGHT):
     defects.add('odd_size_image')
-    img = img.resize((IMAGE_WIDTH, IMAGE_HEIGHT), Image.Resampling.BILINEAR)
+    img = fit_and_pad(img, IMAGE_WIDTH, IMAGE_HEIGHT)
   return (_encode_jpeg(img) if defects else raw), False, defects
 
 
@@ -199,55 +249,3 @@ def hide_colour(title: str, colour: str) -> str:
 def has_words(title: str, phrase: str) -> bool:
   """Whether `phrase` occurs in `title` as whole words, any case."""
   return bool(phrase) and hide_colour(title, phrase) != ' '.join(title.split())
-
-
-@dataclasses.dataclass(frozen=True)
-class MockSpec:
-  """How the click pairs are mocked."""
-
-  num_pairs: int = 60_000  # Pairs over train/validation/test together.
-  validation_share: float = 0.05  # Share of query keys in validation.
-  test_share: float = 0.05  # Share of query keys in test.
-  zipf_exponent: float = 1.0  # Popularity skew over the catalogue.
-  seed: int = 0
-
-
-def mock_queries(
-  products: Sequence[dict[str, object]], spec: MockSpec
-) -> tuple[dict[str, dict[str, list]], np.ndarray]:
-  """Mocks the (query, clicked product) pairs of the three click splits.
-
-  Args:
-    products: product dicts with 'brand' and the attribute columns.
-    spec: sizes, shares, skew and seed.
-
-  Returns:
-    (pairs, log_p): pairs[split] holds lists 'query', 'index' (into `products`) and one per
-    INTENT_FEATURES key; log_p float32 [len(products)] per `clicks.train_log_p`.
-  """
-  if spec.num_pairs < 1:
-    raise ValueError(f'num_pairs must be >= 1, got {spec.num_pairs}')
-  rng = np.random.default_rng([spec.seed, 41])
-  n = len(products)
-  probs = clicks.zipf_probabilities(n, spec.zipf_exponent, rng)
-  chosen = rng.choice(n, size=spec.num_pairs, p=probs)
-  pairs = {s: {'query': [], 'index': [], **{k: [] for k in INTENT_FEATURES}} for s in clicks.SPLITS}
-  for i in chosen:
-    product = products[i]
-    usable = [t for t in QUERY_TEMPLATES if all(product[f] for f in t)]
-    if not usable:
-      continue  # Not even an article type: no query names this product.
-    fields = usable[rng.integers(len(usable))]
-    words = [str(product[f]).lower() for f in fields]
-    order = rng.permutation(len(words))
-    query = ' '.join(words[k] for k in order)
-    split = clicks.split_of_query(
-      query.split(), spec.validation_share, spec.test_share, salt=str(spec.seed)
-    )
-    rec = pairs[split]
-    rec['query'].append(query)
-    rec['index'].append(int(i))
-    for key, field in INTENT_FEATURES.items():
-      rec[key].append(str(product[field]) if field in fields else '')
-  log_p = clicks.train_log_p(np.asarray(pairs['train']['index'], np.int64), n)
-  return pairs, log_p

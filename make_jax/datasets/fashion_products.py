@@ -1,14 +1,22 @@
 """TFDS builder `fashion_products`: the real Myntra catalogue with mocked query clicks.
 
 Source: `fashion-product-images-small.zip` in the TFDS manual_dir (read in place with
-zipfile, never extracted). Rules for brands, image defects, hidden colours and mocked
-queries are in `make_jax.datasets.fashion`.
+zipfile, never extracted). Rules for brands, image defects and hidden colours are in
+`make_jax.datasets.fashion`, those of the mocked queries in `fashion_queries`.
 
 Splits (one feature dict for all):
   catalogue             every product of styles.csv once (query and intents '').
-  train/validation/test mocked (query, clicked product) pairs, denormalised; a query's
-                        split is fixed by its word set, so test queries are not train
-                        queries; evaluation ranks the whole catalogue split.
+  train                 mocked (query, clicked product) pairs, denormalised.
+  validation/test       per distinct query, one record for each product that satisfies
+                        it (the query's target set, complete; queries with more than
+                        `mock.max_targets` products stay in train). A query's split is
+                        fixed by its word set: evaluation queries are never train
+                        queries. Evaluation groups records by query and ranks the whole
+                        catalogue split.
+
+`info.metadata`: `num_queries` (distinct queries per split), `query_splits` (records,
+the largest query's records and share per split), `brands` (count, top 20),
+`domain_words` (sorted brands, categories and colours, for the segmenter), `defects`.
 
 `log_p` = log(train clicks of the product / train pairs); validation, test and
 catalogue records carry the product's value; never-clicked products log(0.5 / train
@@ -16,22 +24,25 @@ pairs). Images are stored as 80x60 (H x W) RGB JPEG, the native size.
 
 Defects are handled and counted, in the build log and in `info.metadata['defects']`:
 missing images (black image, image_missing=True), undecodable images (same), greyscale
-and other-mode images (converted to RGB), odd sizes (resized to 60x80), malformed
+and other-mode images (converted to RGB), odd sizes (fitted into 60x80, proportions kept,
+padded white), malformed
 styles.csv rows (repaired or skipped), empty attribute cells.
 
 Configs: `default` (no hidden colours) and `hide_colour` (the colour phrase removed
 from 30% of the titles that contain it, so only the image tells), or a custom
-`FashionProductsConfig(hide_colour_share=..., mock=fashion.MockSpec(num_pairs=...))`.
+`FashionProductsConfig(hide_colour_share=..., mock=fashion_queries.MockSpec(num_pairs=...))`.
 """
 
 import dataclasses
 import zipfile
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from make_jax.datasets import clicks, fashion, features
+from make_jax.datasets import clicks, fashion, fashion_queries, features
 
 ARCHIVE = 'fashion-product-images-small.zip'
 ATTRIBUTE_FEATURES = (
@@ -52,14 +63,19 @@ class FashionProductsConfig(tfds.core.BuilderConfig):
 
   hide_colour_share: float = 0.0  # Share of colour-bearing titles whose colour is removed.
   hide_seed: int = 0  # Seeds which titles lose their colour.
-  mock: fashion.MockSpec = dataclasses.field(default_factory=fashion.MockSpec)
+  mock: fashion_queries.MockSpec = dataclasses.field(default_factory=fashion_queries.MockSpec)
 
 
 class FashionProducts(tfds.core.GeneratorBasedBuilder):
   """Myntra fashion catalogue (44k products) with mocked, Zipf-skewed query clicks."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'First release.',
+    '2.0.0': 'Brands compared without case and checked against colours; no repeated query '
+    'words; validation/test hold every product that satisfies each distinct query; odd '
+    'image sizes padded, not stretched.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Place `{ARCHIVE}` (Kaggle "Fashion Product Images (Small)", layout
   myntradataset/styles.csv + myntradataset/images/<id>.jpg) in the manual_dir.
@@ -81,7 +97,7 @@ class FashionProducts(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       features=features.pair_features(
-        intent_features=fashion.INTENT_FEATURES,
+        intent_features=fashion_queries.INTENT_FEATURES,
         attribute_features=ATTRIBUTE_FEATURES,
         image=tfds.features.Image(
           shape=(fashion.IMAGE_HEIGHT, fashion.IMAGE_WIDTH, 3), encoding_format='jpeg'
@@ -105,9 +121,10 @@ class FashionProducts(tfds.core.GeneratorBasedBuilder):
         jpeg, missing, found = fashion.load_image(zf, product['id'])
         product['image'], product['image_missing'] = jpeg, missing
         defects.update(found)
-    for product, brand in zip(
-      products, fashion.brand_of_titles([p['title'] for p in products]), strict=True
-    ):
+    brands, brand_counts = fashion.brand_of_titles(
+      [p['title'] for p in products], [p['baseColour'] for p in products]
+    )
+    for product, brand in zip(products, brands, strict=True):
       product['brand'] = brand
 
     # Hide the colour in exactly round(share * eligible) titles that name it.
@@ -118,7 +135,7 @@ class FashionProducts(tfds.core.GeneratorBasedBuilder):
       p = products[eligible[k]]
       p['title'] = fashion.hide_colour(p['title'], p['baseColour'])
 
-    pairs, log_p = fashion.mock_queries(products, config.mock)
+    records, log_p, query_stats = fashion_queries.mock_queries(products, config.mock)
     for product, lp in zip(products, log_p, strict=True):
       product['log_p'] = lp
     defects = {
@@ -135,42 +152,58 @@ class FashionProducts(tfds.core.GeneratorBasedBuilder):
         'empty_cells',
       )
     }
-    counts = {s: len(pairs[s]['query']) for s in clicks.SPLITS}
+    train_ids = [r['index'] for r in records['train']]
+    brand_products = Counter(b for b in brands if b)
     stats = {
       'defects': defects,
       'num_products': len(products),
-      'pairs': counts,
+      'pairs': {s: len(records[s]) for s in clicks.SPLITS},
+      'num_queries': {s: query_stats['queries'][s]['queries'] for s in clicks.SPLITS},
+      'query_splits': query_stats,
+      'brands': {
+        'count': len(brand_products),
+        'products_without_brand': len(brands) - sum(brand_products.values()),
+        'top': brand_products.most_common(20),
+        **brand_counts,
+      },
+      'domain_words': domain_words(products),
       'colour_hide_eligible_titles': len(eligible),
       'colour_hidden_titles': len(hidden),
-      'never_clicked_products': int(
-        np.sum(np.bincount(pairs['train']['index'], minlength=len(products)) == 0)
-      ),
+      'never_clicked_products': int(np.sum(np.bincount(train_ids, minlength=len(products)) == 0)),
       'hide_colour_share': config.hide_colour_share,
       'mock': dataclasses.asdict(config.mock),
-      'intent_features': fashion.INTENT_FEATURES,
+      'intent_features': fashion_queries.INTENT_FEATURES,
       'attribute_features': list(ATTRIBUTE_FEATURES),
       'log_p_rule': 'log(train clicks / train pairs); never clicked: log(0.5 / train pairs)',
     }
     for name, count in defects.items():
       logging.info('fashion_products defects: %s = %d', name, count)
     logging.info(
-      'fashion_products/%s: %s', config.name, {k: v for k, v in stats.items() if k != 'defects'}
+      'fashion_products/%s: %s',
+      config.name,
+      {k: v for k, v in stats.items() if k not in ('defects', 'domain_words')},
     )
     self.info.metadata.update(stats)
     return {
       'catalogue': self._generate_examples(products, None),
-      **{s: self._generate_examples(products, pairs[s]) for s in clicks.SPLITS},
+      **{s: self._generate_examples(products, records[s]) for s in clicks.SPLITS},
     }
 
-  def _generate_examples(self, products, pairs):
-    empty = {'query': ''} | {k: '' for k in fashion.INTENT_FEATURES}
-    if pairs is None:
+  def _generate_examples(self, products, records):
+    if records is None:
+      empty = {'query': ''} | {k: '' for k in fashion_queries.INTENT_FEATURES}
       for p in products:
         yield p['id'], empty | _product_features(p)
       return
-    for j, i in enumerate(pairs['index']):
-      ex = {'query': pairs['query'][j]} | {k: pairs[k][j] for k in fashion.INTENT_FEATURES}
-      yield j, ex | _product_features(products[i])
+    for j, r in enumerate(records):
+      ex = {k: v for k, v in r.items() if k != 'index'}
+      yield j, ex | _product_features(products[r['index']])
+
+
+def domain_words(products: Sequence[dict[str, object]]) -> list[str]:
+  """Sorted raw values a segmenter should keep whole: brands, categories, colours."""
+  fields = ('brand', 'masterCategory', 'subCategory', 'articleType', 'baseColour')
+  return sorted({str(p[f]) for p in products for f in fields} - fashion.MISSING)
 
 
 def _product_features(p: dict[str, object]) -> dict[str, object]:

@@ -9,7 +9,12 @@ instant and has the properties the model is about (SPEC section 1):
 * For `hide_colour_share` of the products the colour word is left out of the title; the
   image and the queries still carry it, so a text-only model cannot answer every query.
 * Clicks follow a Zipf-skewed popularity (`clicks.zipf_probabilities`), so `log p`
-  differs by orders of magnitude between head and tail products.
+  differs by orders of magnitude between head and tail products. Train holds
+  `num_pairs` (query, clicked product) pairs whose query is a train query.
+* A query names some attributes (QUERY_TEMPLATES); it is satisfied by every product with
+  those values. Validation and test hold, for every query that `clicks.evaluation_split`
+  puts there, one record per satisfying product (the query's target set, complete;
+  queries of more than `max_targets` products stay in train), one word order per query.
 * English (`en`) titles and queries are space-separated; Chinese (`zh`) ones are written
   without spaces, so word segmentation is needed to find the words.
 
@@ -131,9 +136,10 @@ class SyntheticSpec:
 
   language: str = 'en'  # 'en' (space-separated) or 'zh' (no spaces).
   num_products: int = 5_000  # Catalogue size.
-  num_pairs: int = 50_000  # (query, product) pairs over all three click splits.
+  num_pairs: int = 50_000  # Train (query, clicked product) pairs.
   validation_share: float = 0.05  # Share of query keys that go to validation.
   test_share: float = 0.05  # Share of query keys that go to test.
+  max_targets: int = 100  # Broader queries (more satisfying products) stay in train.
   zipf_exponent: float = 1.1  # Popularity skew: p(rank r) ~ 1 / (r + 1)^s.
   hide_colour_share: float = 0.2  # Share of products whose title omits the colour word.
   image_size: int = 32  # Side of the square RGB image.
@@ -147,6 +153,8 @@ class SyntheticSpec:
       raise ValueError(f'num_products must be >= 1, got {self.num_products}')
     if self.num_pairs < 1:
       raise ValueError(f'num_pairs must be >= 1, got {self.num_pairs}')
+    if self.max_targets < 1:
+      raise ValueError(f'max_targets must be >= 1, got {self.max_targets}')
     if not 0.0 <= self.hide_colour_share <= 1.0:
       raise ValueError(f'hide_colour_share must be in [0, 1], got {self.hide_colour_share}')
     if self.image_size < 16:
@@ -162,7 +170,8 @@ class Catalogue:
   colour_hidden: np.ndarray  # bool [N]: the title omits the colour word.
   titles: list[str]
   log_p: np.ndarray  # float32 [N], clicks.train_log_p of the train pairs.
-  pairs: dict[str, dict[str, np.ndarray | list[str]]]  # split -> query, product_id, intents.
+  # split -> query, product_id, intents: train clicks; validation/test target sets.
+  pairs: dict[str, dict[str, np.ndarray | list[str]]]
 
   def word(self, field: str, product: int) -> str:
     """The word (in the spec's language) of attribute `field` of `product`."""
@@ -214,7 +223,7 @@ def _title(words: dict[str, str], fillers: list[str], language: str, rng) -> str
 
 
 def generate(spec: SyntheticSpec) -> Catalogue:
-  """Generates the catalogue (attributes, titles) and the click pairs of `spec`."""
+  """Generates the catalogue (attributes, titles), train clicks and evaluation queries."""
   spec.validate()
   lang = _LANG[spec.language]
   rng = np.random.default_rng([spec.seed, 17])
@@ -234,33 +243,97 @@ def generate(spec: SyntheticSpec) -> Catalogue:
     titles.append(_title(words, [FILLERS[k][lang] for k in picks], spec.language, rng))
 
   probs = clicks.zipf_probabilities(n, spec.zipf_exponent, rng)
-  products = rng.choice(n, size=spec.num_pairs, p=probs)
-  templates = rng.integers(0, len(QUERY_TEMPLATES), size=spec.num_pairs)
+  product_split, evaluation = _evaluation_queries(spec, attributes)
   pairs = {
     s: {'query': [], 'product_id': []} | {f'query_{f}': [] for f in INTENT_FIELDS}
     for s in clicks.SPLITS
   }
-  for product, t in zip(products, templates, strict=True):
+  # Train: clicks, redrawn when the query is an evaluation query.
+  products, templates = np.zeros(0, np.int64), np.zeros(0, np.int64)
+  while len(products) < spec.num_pairs:
+    more = spec.num_pairs - len(products)
+    p = rng.choice(n, size=more, p=probs)
+    t = rng.integers(0, len(QUERY_TEMPLATES), size=more)
+    keep = product_split[t, p] == 0
+    products, templates = np.concatenate([products, p[keep]]), np.concatenate([templates, t[keep]])
+  for product, t in zip(products.tolist(), templates.tolist(), strict=True):
+    words = {f: _TABLES[f][attributes[f][product]][lang] for f in QUERY_TEMPLATES[t]}
+    _append(pairs['train'], _query(words, QUERY_TEMPLATES[t], spec.language, rng), product, words)
+  # Validation / test: every product that satisfies each evaluation query.
+  for key in sorted(evaluation):
+    split, t, members = evaluation[key]
     fields = QUERY_TEMPLATES[t]
-    words = {f: _TABLES[f][attributes[f][product]][lang] for f in fields}
-    if spec.language == 'zh':
-      query = ''.join(words[f] for f in _ZH_ORDER if f in words)
-    else:
-      order = list(fields)
-      rng.shuffle(order)
-      query = ' '.join(words[f] for f in order)
-    split = clicks.split_of_query(
-      list(words.values()), spec.validation_share, spec.test_share, salt=str(spec.seed)
-    )
-    rec = pairs[split]
-    rec['query'].append(query)
-    rec['product_id'].append(int(product))
-    for f in INTENT_FIELDS:
-      rec[f'query_{f}'].append(words.get(f, ''))
+    words = {f: _TABLES[f][attributes[f][members[0]]][lang] for f in fields}
+    query = _query(words, fields, spec.language, rng)
+    for product in members.tolist():
+      _append(pairs[split], query, product, words)
   for rec in pairs.values():
     rec['product_id'] = np.asarray(rec['product_id'], np.int64)
   log_p = clicks.train_log_p(pairs['train']['product_id'], n)
   return Catalogue(spec, attributes, colour_hidden, titles, log_p, pairs)
+
+
+def _query(words: dict[str, str], fields: tuple[str, ...], language: str, rng) -> str:
+  if language == 'zh':
+    return ''.join(words[f] for f in _ZH_ORDER if f in words)
+  order = list(fields)
+  rng.shuffle(order)
+  return ' '.join(words[f] for f in order)
+
+
+def _append(rec: dict[str, list], query: str, product: int, words: dict[str, str]) -> None:
+  rec['query'].append(query)
+  rec['product_id'].append(product)
+  for f in INTENT_FIELDS:
+    rec[f'query_{f}'].append(words.get(f, ''))
+
+
+def _evaluation_queries(
+  spec: SyntheticSpec, attributes: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, tuple[str, int, np.ndarray]]]:
+  """Which queries evaluate, and the products that satisfy them (vectorised per template).
+
+  Returns:
+    (product_split, evaluation): int8 [templates, products], the split (0 train, 1
+    validation, 2 test) of the query each template makes from each product; and
+    evaluation query key -> (split, template index, ascending product ids).
+  """
+  lang = _LANG[spec.language]
+  names = ('train', 'validation', 'test')
+  product_split = np.zeros((len(QUERY_TEMPLATES), spec.num_products), np.int8)
+  evaluation, seen = {}, set()
+  for t, fields in enumerate(QUERY_TEMPLATES):
+    shape = tuple(len(_TABLES[f]) for f in fields)
+    codes = np.ravel_multi_index(tuple(attributes[f] for f in fields), shape)
+    combos, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind='stable'), np.cumsum(counts)[:-1])
+    splits = np.zeros(len(combos), np.int8)
+    for u, code in enumerate(combos.tolist()):
+      values = np.unravel_index(code, shape)
+      words = clicks.query_words(_TABLES[f][v][lang] for f, v in zip(fields, values, strict=True))
+      key = clicks.query_key(words)
+      if words is None or key in seen:
+        raise ValueError(f'Query words of {fields} repeat or collide with another template')
+      seen.add(key)
+      split = clicks.evaluation_split(
+        words,
+        int(counts[u]),
+        spec.validation_share,
+        spec.test_share,
+        spec.max_targets,
+        salt=str(spec.seed),
+      )
+      splits[u] = names.index(split)
+      if split != 'train':
+        evaluation[key] = (split, t, members[u])
+    product_split[t] = splits[inverse]
+  return product_split, evaluation
+
+
+def domain_words(language: str) -> list[str]:
+  """The attribute vocabulary (brands, categories, colours, shapes, patterns) in
+  `language`, sorted: the words a segmenter should keep whole."""
+  return sorted({row[_LANG[language]] for table in _TABLES.values() for row in table})
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -2,8 +2,14 @@
 
 Splits (all with the same features, TFDS keeps one feature dict per dataset):
   catalogue             every product once; `query` and the `query_*` intents are ''.
-  train/validation/test (query, clicked product) pairs, denormalised: the query, its
+  train                 (query, clicked product) pairs, denormalised: the query, its
                         intents and the clicked product's title, image and attributes.
+  validation/test       per distinct query, one record for each product that satisfies
+                        it (the target set; see `synthetic`), same layout.
+
+`info.metadata`: `num_queries` (distinct queries per split), `query_splits` (records,
+the largest query's records and share per split), `domain_words` (the attribute
+vocabulary in the config's language, sorted, for the segmenter).
 
 `log_p` is the product's log(train clicks / train pairs); validation, test and catalogue
 records carry the same per-product value and never-clicked products log(0.5 / train
@@ -67,8 +73,12 @@ def config_for_name(name: str) -> SyntheticProductsConfig:
 class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
   """Synthetic products with images, Zipf-skewed clicks and hidden-colour titles."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'First release.',
+    '2.0.0': 'Validation/test hold every product that satisfies each distinct query; '
+    'train holds num_pairs clicks.',
+  }
   BUILDER_CONFIGS = [
     _config('en', 'en', 20_000, 200_000),
     _config('zh', 'zh', 20_000, 200_000),
@@ -97,11 +107,15 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     spec = self.builder_config.spec
     cat = synthetic.generate(spec)
     counts = {s: len(cat.pairs[s]['query']) for s in clicks.SPLITS}
+    query_stats = {s: clicks.query_stats(cat.pairs[s]['query']) for s in clicks.SPLITS}
     clicked = np.bincount(cat.pairs['train']['product_id'], minlength=spec.num_products) > 0
     stats = {
       'spec': dataclasses.asdict(spec),
       'num_products': spec.num_products,
       'pairs': counts,
+      'num_queries': {s: query_stats[s]['queries'] for s in clicks.SPLITS},
+      'query_splits': query_stats,
+      'domain_words': synthetic.domain_words(spec.language),
       'colour_hidden_titles': int(cat.colour_hidden.sum()),
       'never_clicked_products': int((~clicked).sum()),
       'missing_images': 0,
@@ -110,7 +124,11 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
       'log_p_rule': 'log(train clicks / train pairs); never clicked: log(0.5 / train pairs)',
     }
     self.info.metadata.update(stats)
-    logging.info('synthetic_products/%s: %s', self.builder_config.name, stats)
+    logging.info(
+      'synthetic_products/%s: %s',
+      self.builder_config.name,
+      {k: v for k, v in stats.items() if k != 'domain_words'},
+    )
     return {s: self._generate_examples(cat, s) for s in ('catalogue', *clicks.SPLITS)}
 
   def _generate_examples(self, cat: synthetic.Catalogue, split: str):

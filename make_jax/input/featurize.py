@@ -1,8 +1,9 @@
 """Raw TFDS record -> one example of the batch contract (SPEC section 1, 3).
 
-The featuriser decodes the image, tokenises query and title with the `TextPreprocessor`
-(normalise, segment, sort, WordPiece, Keyword Enhancement flags) and raises `SkipRecord` for
-a record that cannot be used, so that the pipeline skips and counts it instead of crashing.
+The featuriser decodes the image (a non-square one padded to a square, never stretched),
+tokenises query and title with the `TextPreprocessor` (normalise, segment, sort,
+WordPiece, Keyword Enhancement flags) and raises `SkipRecord` for a record that cannot be
+used, so that the pipeline skips and counts it instead of crashing.
 
 Batch layout (contract 2): query_ids, query_mask, query_keyword [B, Lq] int32;
 title_ids, title_mask, title_keyword [B, Lt] int32; image [B, S, S, 3] uint8;
@@ -17,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 Batch = dict[str, np.ndarray]
+# Padding of non-square images: white, the background of catalogue photos (fashion).
+PAD_RGB = (255, 255, 255)
 
 
 class SkipRecord(Exception):  # noqa: N818  (a signal, not an error to report)
@@ -36,7 +39,10 @@ def _text(value: Any) -> str:
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
-  """Decodes PNG/JPEG bytes to RGB uint8 [image_size, image_size, 3] (bilinear resize).
+  """Decodes PNG/JPEG bytes to RGB uint8 [image_size, image_size, 3].
+
+  A non-square image is first padded to a square, centred, with PAD_RGB (its proportions
+  are kept: a 60x80 photo gets 10 white columns on each side), then resized (bilinear).
 
   Raises:
     SkipRecord: the bytes are not a decodable image.
@@ -46,6 +52,12 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
     img = img.convert('RGB')
   except Exception as e:  # noqa: BLE001  PIL raises many types for corrupt data.
     raise SkipRecord('bad_image') from e
+  width, height = img.size
+  if width != height:
+    side = max(width, height)
+    square = Image.new('RGB', (side, side), PAD_RGB)
+    square.paste(img, ((side - width) // 2, (side - height) // 2))
+    img = square
   if img.size != (image_size, image_size):
     img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
   return np.asarray(img, dtype=np.uint8)

@@ -16,7 +16,9 @@ Reading an array_record split by index makes all three simple and exact.
   image, empty title, empty query) is skipped and counted in `stats`; the batch is
   filled from the next records, so shapes stay fixed.
 * State = (epoch, offset in the epoch, skip counts): `get_state()` / `set_state()`, a
-  JSON-serialisable dict to checkpoint next to the train state.
+  JSON-serialisable dict to checkpoint next to the train state. It also records the
+  split size, shuffle seed and host layout, and `set_state` refuses a state written for
+  other ones (the same offsets would name other records).
 * `worker_count` threads featurise records (PIL decoding and the Rust tokenizer release
   the GIL); record order, and so the batches, do not depend on it.
 
@@ -100,6 +102,7 @@ class InputPipeline:
     if batch_size <= 0:
       raise ValueError(f'batch_size must be positive, got {batch_size}')
     n = len(source)
+    self._num_records = n
     self._epoch_len = n // self._process_count
     if self._epoch_len == 0:
       raise ValueError(f'The split has {n} records, fewer than the {self._process_count} hosts')
@@ -122,10 +125,12 @@ class InputPipeline:
   # --- Position -------------------------------------------------------------------------
 
   def get_state(self) -> dict[str, Any]:
-    """The position after the last batch returned (JSON-serialisable)."""
+    """The position after the last batch returned (JSON-serialisable), with what it is a
+    position in: the split size, the shuffle seed and the host layout."""
     return {
       'epoch': self._epoch,
       'offset': self._offset,
+      'num_records': self._num_records,
       'seed': self._seed,
       'process_index': self._process_index,
       'process_count': self._process_count,
@@ -136,18 +141,33 @@ class InputPipeline:
     """Continues from a position saved by `get_state` of a pipeline on the same shard.
 
     Raises:
-      ValueError: the state was saved with another seed or host layout, or is invalid.
+      ValueError: the state was written for another split size, shuffle seed or host
+        layout (the message names each difference), or its position is invalid.
     """
-    for key in ('seed', 'process_index', 'process_count'):
-      if state.get(key) != getattr(self, f'_{key}'):
-        raise ValueError(
-          f'Pipeline state has {key}={state.get(key)!r} but this pipeline has '
-          f'{getattr(self, f"_{key}")!r}'
-        )
-    if not 0 <= int(state['offset']) <= self._epoch_len or int(state['epoch']) < 0:
+    mine = {
+      'num_records': ('split size', self._num_records),
+      'seed': ('shuffle seed', self._seed),
+      'process_index': ('host index', self._process_index),
+      'process_count': ('host count', self._process_count),
+    }
+    wrong = [
+      f'{what} {state.get(key)!r} (this pipeline: {value!r}; key {key!r})'
+      for key, (what, value) in mine.items()
+      if state.get(key) != value
+    ]
+    if wrong:
+      raise ValueError(
+        'Pipeline state was written for another input: ' + '; '.join(wrong) + '. A '
+        'position is only meaningful on the same split, seed and host layout.'
+      )
+    try:
+      epoch, offset = int(state['epoch']), int(state['offset'])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f'Pipeline state position is invalid: {dict(state)}') from e
+    if not 0 <= offset <= self._epoch_len or epoch < 0:
       raise ValueError(f'Pipeline state position is invalid: {dict(state)}')
-    self._epoch = int(state['epoch'])
-    self._offset = int(state['offset'])
+    self._epoch = epoch
+    self._offset = offset
     self._stats = Counter({k: int(v) for k, v in state.get('skipped', {}).items()})
 
   @property
