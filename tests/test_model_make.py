@@ -38,6 +38,7 @@ def _batch(config, seed=0):
     ids[:, 0] = 2
     ids[np.arange(B), lengths - 1] = 3
     b[f'{field}_ids'] = np.where(mask > 0, ids, 0).astype(np.int32)
+    b[f'{field}_clean_ids'] = b[f'{field}_ids']  # Unmasked: the retrieval pass reads the same.
     b[f'{field}_mask'] = mask
     b[f'{field}_keyword'] = (rs.rand(B, length) < 0.3).astype(np.int32) * mask
   b['image'] = rs.randint(0, 256, size=b['image'].shape).astype(np.uint8)
@@ -95,8 +96,6 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
     'mpm_target': (B, 16, h),
     'qpm_temperature': (),
     'mpm_r_tau': (),
-    'qpc_scale': (),
-    'qpc_margin': (),
   }
   for key, shape in expect.items():
     assert out[key].shape == shape, key
@@ -110,8 +109,6 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
   np.testing.assert_array_equal(w[1], [1.0, 0.0])  # image-missing product
   np.testing.assert_allclose(out['qpm_temperature'], config.loss.qpm_temperature, rtol=1e-6)
   np.testing.assert_allclose(out['mpm_r_tau'], config.loss.mpm_r_tau, rtol=1e-6)
-  assert float(out['qpc_scale']) == config.loss.qpc_scale
-  np.testing.assert_allclose(out['qpc_margin'], config.loss.qpc_margin, rtol=1e-6)
 
 
 def test_image_missing_product_ignores_pixels(config, params, forward):
@@ -262,7 +259,34 @@ def test_bad_batch_is_a_clear_error(config, model, params):
   b.pop('image_missing')
   with pytest.raises(ValueError, match="missing 'image_missing'"):
     model.apply({'params': params}, b)
+  # The retrieval pass never falls back to the masked ids: no clean ids, no forward pass.
+  b = _batch(config)
+  b.pop('title_clean_ids')
+  with pytest.raises(ValueError, match="missing 'title_clean_ids'"):
+    model.apply({'params': params}, b)
   b = _batch(config)
   b['image'] = b['image'][..., :1]
   with pytest.raises(ValueError, match=r'image must be \[batch, size, size, 3\]'):
     jax.eval_shape(lambda: model.apply({'params': params}, b))
+
+
+def test_parameters_do_not_depend_on_the_init_batch(config, model, params):
+  """The [MASK] region vector exists whether or not the init batch carries an mpm_mask."""
+  b = _batch(config)
+  b.pop('mpm_mask')
+  shapes = lambda p: jax.tree.map(lambda x: (x.shape, x.dtype), p)
+  without = jax.eval_shape(lambda: meta.unbox(model.init(jax.random.key(0), b))['params'])
+  assert shapes(without) == shapes(params)
+  assert 'mask_region' in params['image_encoder']
+
+
+def test_fixed_qpm_temperature_is_not_a_parameter(config):
+  """The model owns only what it trains: a fixed temperature lives in cfg.loss alone."""
+  cfg = dataclasses.replace(
+    ModelConfig.from_config(config), qpm_learn_temperature=False, num_layers=1, image_num_layers=1
+  )
+  out, variables = jax.eval_shape(
+    lambda: MakeModel(cfg).init_with_output(jax.random.key(0), _batch(config))
+  )
+  assert 'log_qpm_temperature' not in variables['params'] and 'qpm_temperature' not in out
+  assert 'log_mpm_r_tau' in variables['params'] and 'mpm_r_tau' in out

@@ -5,8 +5,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
+from make_jax.models.layers import ZEROS_INIT, dense, layer_norm
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.transformer import ZEROS_INIT, layer_norm, weight_init
 from make_jax.parallel.partitioning import constrain, partitioned
 
 
@@ -18,14 +18,7 @@ class _Transform(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
-    x = nn.Dense(
-      cfg.hidden_size,
-      dtype=cfg.compute_dtype,
-      param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(weight_init(cfg), ('embed', 'mlp')),
-      bias_init=partitioned(ZEROS_INIT, ('mlp',)),
-      name='dense',
-    )(x)
+    x = dense(cfg, cfg.hidden_size, ('embed', 'mlp'), 'dense')(x)
     return layer_norm(cfg, 'ln')(nn.gelu(x, approximate=False))
 
 
@@ -57,12 +50,5 @@ class RegionHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = _Transform(self.cfg, name='transform')(x)
-    out = nn.Dense(
-      self.out_dim,
-      dtype=self.cfg.compute_dtype,
-      param_dtype=self.cfg.params_dtype,
-      kernel_init=partitioned(weight_init(self.cfg), ('mlp', 'embed')),
-      bias_init=partitioned(ZEROS_INIT, ('embed',)),
-      name='out',
-    )(h)
+    out = dense(self.cfg, self.out_dim, ('mlp', 'embed'), 'out')(h)
     return constrain(out.astype('float32'), ('act_batch', 'act_regions', 'act_embed'))

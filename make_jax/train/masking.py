@@ -92,8 +92,9 @@ def mask_batch(
   """Returns a copy of `batch` with masked query/title ids and the MLM / MPM targets.
 
   Adds mlm_query_labels / mlm_query_weights [B, Lq], mlm_title_labels / mlm_title_weights
-  [B, Lt] and mpm_mask [B, R] float32 (1.0 = region masked), and replaces query_ids and
-  title_ids by the masked inputs. With Keyword Enhancement on, the batch must carry
+  [B, Lt] and mpm_mask [B, R] float32 (1.0 = region masked), replaces query_ids and
+  title_ids by the masked inputs and keeps the originals as query_clean_ids and
+  title_clean_ids (the model's retrieval pass reads them). With Keyword Enhancement on, the batch must carry
   query_keyword and title_keyword.
   """
   _check_cfg(cfg)
@@ -122,6 +123,7 @@ def mask_batch(
       vocab_size=vocab_size,
     )
     out[f'{field}_ids'] = ids
+    out[f'{field}_clean_ids'] = labels
     out[f'mlm_{field}_labels'] = labels
     out[f'mlm_{field}_weights'] = weights
   missing = jnp.asarray(batch['image_missing']).astype(bool)
