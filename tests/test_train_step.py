@@ -306,6 +306,34 @@ def test_comparison_catches_a_pmean_of_the_gradients(setup, reference, monkeypat
   assert set(clear) <= set(bad), sorted(set(clear) - set(bad))
 
 
+@pytest.mark.slow
+def test_gathered_mlm_step_equals_a_head_over_every_position(setup, monkeypatch):
+  """One train step with MLM logits at the K predicted positions equals one with K = L.
+
+  With K = L the cap never binds and the head projects as many positions as there are
+  tokens (the full head's cost); on a batch where the K-slot cap did not bind either, both
+  steps mask the same tokens, so loss, gradients (Adam's moments) and parameters must agree.
+  """
+  config, model, tx, state, single = setup
+  batch = _batch(config, 6)
+  got = _run(single, state, [batch])
+  assert got[1][0]['mlm_capped_tokens'] == 0 and got[1][0]['mlm'] > 0
+  monkeypatch.setattr(masking, 'mlm_max_predictions', lambda length, mlm_prob: length)
+  full = jax.jit(train_step.make_train_step(model, tx, config, Tokens()))
+  want = _run(full, state, [batch])
+  for k in want[1][0]:
+    np.testing.assert_allclose(got[1][0][k], want[1][0][k], rtol=1e-5, atol=1e-6, err_msg=k)
+  g_state, w_state = _keys_as_data(got[0]), _keys_as_data(want[0])
+  assert not _moment_mismatches(g_state, w_state)
+  lr = config.optim.learning_rate
+  zero = jax.tree.leaves(_zero_grad_leaves(w_state.opt_state))
+  for g, w, z in zip(
+    jax.tree.leaves(g_state.params), jax.tree.leaves(w_state.params), zero, strict=True
+  ):
+    if not z:  # Zero-gradient leaves: Adam's steps there are rounding noise (see _assert_same).
+      np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * lr)
+
+
 def test_masks_depend_only_on_the_global_row():
   config = _config()
   batch = _batch(config, 3)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from make_jax.models.heads import MlmHead, RegionHead
+from make_jax.models.heads import MlmHead, RegionHead, mlm_max_predictions
 from make_jax.models.image_encoder import ImageEncoder
 from make_jax.models.layers import dense, weight_init
 from make_jax.models.model_config import ModelConfig
@@ -153,13 +153,16 @@ class MakeModel(nn.Module):
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
     """All outputs of contract 4 for a masked batch of contract 3 (`train/masking.py`).
 
-    The batch's *_ids are the masked MLM inputs and mpm_mask (optional) the masked regions.
+    The batch's *_ids are the masked MLM inputs, mlm_*_positions [B, K] the positions whose
+    tokens are predicted (MLM logits are computed there only) and mpm_mask (optional) the
+    masked regions.
     With `retrieval_from_unmasked` the retrieval pass reads `query_clean_ids` and
     `title_clean_ids`, which masking emits; a batch without them is an error, never a
     silent fall-back to the masked ids.
     """
     cfg = self.cfg
     required = ['query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing']
+    required += ['mlm_query_positions', 'mlm_title_positions']
     if cfg.retrieval_from_unmasked:
       required += ['query_clean_ids', 'title_clean_ids']
     for key in required:
@@ -193,8 +196,13 @@ class MakeModel(nn.Module):
       'query_emb': query_emb,
       'product_emb': product_emb,
       'modal_weights': weights,
-      'mlm_query_logits': self.mlm_query_head(query, self.query_encoder.attend),
-      'mlm_title_logits': self.mlm_title_head(title, self.title_encoder.attend),
+      # Logits only where masking chose a token: [B, K, V] at the batch's positions.
+      'mlm_query_logits': self.mlm_query_head(
+        query, batch['mlm_query_positions'], self.query_encoder.attend
+      ),
+      'mlm_title_logits': self.mlm_title_head(
+        title, batch['mlm_title_positions'], self.title_encoder.attend
+      ),
       'mpm_pred': self.mpm_head(regions),
       'mpm_r_pred': self.mpm_r_head(regions),
       # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
@@ -215,8 +223,15 @@ def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
   """A zero batch with the shapes and dtypes of a masked batch (contract 3) for `config`."""
   lq, lt, s = config.text.query_len, config.text.title_len, config.data.image_size
   regions = config.model.image_grid**2
+  kq, kt = (mlm_max_predictions(n, config.masking.mlm_prob) for n in (lq, lt))
   i32 = lambda *shape: np.zeros(shape, np.int32)
   return {
+    'mlm_query_positions': i32(batch_size, kq),
+    'mlm_query_labels': i32(batch_size, kq),
+    'mlm_query_weights': np.zeros((batch_size, kq), np.float32),
+    'mlm_title_positions': i32(batch_size, kt),
+    'mlm_title_labels': i32(batch_size, kt),
+    'mlm_title_weights': np.zeros((batch_size, kt), np.float32),
     'query_ids': i32(batch_size, lq),
     'query_clean_ids': i32(batch_size, lq),
     'query_mask': np.ones((batch_size, lq), np.int32),
