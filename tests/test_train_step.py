@@ -185,9 +185,10 @@ def _moment_mismatches(g_state, w_state):
 
   The moments are the gradients before the optimiser's normalisation (after two steps mu mixes
   both steps' gradients, nu their squares), so a reduction off by a factor shows in every leaf
-  that has a gradient: a pmean leaves 1/8 of mu and 1/64 of nu. Tolerance per leaf: 1e-4 of
-  its own largest entry (summation-order noise, observed <= 3e-5 of it) plus 1e-6 of the
-  moment's largest entry over all parameters (the floor for zero-gradient leaves).
+  that has a gradient: a pmean leaves 1/8 of mu and 1/64 of nu. Tolerance per leaf: 1e-3 of
+  its own largest entry (summation-order noise, plus the second step's gradient taken at
+  parameters Adam moved by noise-amplified steps) plus 1e-6 of the moment's largest entry
+  over all parameters (the floor for zero-gradient leaves).
   """
   bad = []
   for moment in ('mu', 'nu'):
@@ -198,7 +199,7 @@ def _moment_mismatches(g_state, w_state):
       jax.tree_util.tree_leaves_with_path(w_m),
       strict=True,
     ):
-      if np.abs(np.asarray(g) - np.asarray(w)).max() > 1e-4 * _max_abs(w) + floor:
+      if np.abs(np.asarray(g) - np.asarray(w)).max() > 1e-3 * _max_abs(w) + floor:
         bad.append(f'opt_state.{moment}{jax.tree_util.keystr(path)}')
   return bad
 
@@ -207,7 +208,7 @@ def _assert_same(got, want, lr):
   """Sharded run `got` equals single-device run `want`, within float32 summation-order noise.
 
   The sharded runs add the same terms in another order (per-device partial sums, then a psum):
-  - metrics and the queue: rtol 1e-5 (observed <= 5e-7);
+  - metrics: rtol 1e-5 at step 1, 1e-3 after it (see below); the queue: atol 2e-4;
   - Adam's moments, i.e. the reduced gradients: `_moment_mismatches` (the check a wrong
     reduction fails; test_comparison_catches_a_pmean_of_the_gradients shows it does);
   - parameters, where the gradient is non-zero: within 0.1 * lr (observed 0.01 * lr). AdamW
@@ -216,6 +217,7 @@ def _assert_same(got, want, lr):
     Adam turns rounding noise into steps of up to ~lr, so those leaves are not compared.
   """
   (g_state, g_metrics), (w_state, w_metrics) = got, want
+  rtol = 1e-5
   for g, w in zip(g_metrics, w_metrics, strict=True):
     assert set(g) == set(w)
     # One device counts every in-batch negative as local; sharded, most are cross-device.
@@ -224,13 +226,19 @@ def _assert_same(got, want, lr):
     )
     for k in w:
       if k not in SPLIT_METRICS:
-        np.testing.assert_allclose(g[k], w[k], rtol=1e-5, atol=1e-6, err_msg=f'metric {k}')
+        np.testing.assert_allclose(g[k], w[k], rtol=rtol, atol=1e-6, err_msg=f'metric {k}')
+    # Step 1 starts from the same parameters; from step 2 on they differ where Adam turned
+    # the rounding noise of a near-zero gradient into a step of up to ~lr (observed: the
+    # second step's gradient norm differs by 2e-4).
+    rtol = 1e-3
   w_state = _keys_as_data(w_state)
   np.testing.assert_array_equal(g_state.step, w_state.step)
   np.testing.assert_array_equal(g_state.rng, w_state.rng)
   leaves = lambda tree: jax.tree_util.tree_leaves_with_path(tree)
   for (path, g), (_, w) in zip(leaves(g_state.bank), leaves(w_state.bank), strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f'bank{path}')
+    # The second slot holds embeddings computed after the first update: atol 2e-4 (observed
+    # 9e-5, for the reason given for the metrics above).
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-4, err_msg=f'bank{path}')
   for (_, g), (_, w) in zip(
     *(optax.tree.get_all_with_path(s.opt_state, 'count') for s in (g_state, w_state)), strict=True
   ):
