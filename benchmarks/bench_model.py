@@ -1,115 +1,183 @@
-r"""Model throughput on this machine: forward and forward+backward examples/s, and MFU.
+r"""Model throughput and MFU against a matmul peak measured interleaved with the timed work.
 
-  python -m benchmarks.bench_model                      # tiny (batch 16) and base (batch 4)
-  python -m benchmarks.bench_model --configs=tiny --batch_sizes=32 --repeats=9
+  python -m benchmarks.bench_model                                    # base, batch 32
+  python -m benchmarks.bench_model --config=tiny --batch_size=16 --rounds=7
+  python -m benchmarks.bench_model --rows=train --baseline_rev=b1596a8   # before vs now
 
-In the same run it times a large float32 matmul (`jnp.dot`, n x n) to measure the CPU's
-achievable peak FLOP/s, and reports each step's MFU = (XLA cost-analysis FLOPs of the step /
-its median time) / that peak. Three rows per config: the forward pass, forward+backward of
-a scalar built from every model output, and the real training step of
-make_jax/train/step.py (masking, masked + unmasked passes, every loss, AdamW, queue push).
+Rows (make_jax/train/flops.py defines the numerators):
+- `fwd`: the *training* forward (dropout on, masked pass plus retrieval pass);
+- `fwd+bwd`: its losses and their gradient;
+- `train`: the real step (masking, both passes, losses, gradient, AdamW, queue push);
+- `train@REV` (with `--baseline_rev`): the train step of commit REV, exported with
+  `git archive` and run in a worker process (benchmarks/baseline_worker.py), its rounds
+  interleaved with this tree's.
+
+Why interleaved: on a shared CPU the float32 matmul probe swings about 2x from minute to
+minute, so a peak taken once is meaningless. Every round times each row once, each timing
+bracketed by probe rounds; MFU per round = (FLOPs / seconds) / mean of the two probes
+around it. Printed: medians with [min-max] over rounds, MFU with *model FLOPs* (matmuls and
+convolutions, `flops.model_flops`) and with XLA's cost-analysis FLOPs of the whole function.
 """
 
-import importlib
+import json
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-import types
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from flax.linen import meta
 
-from make_jax.models.make_model import build_model, example_batch
-from make_jax.train import optimizer
-from make_jax.train import step as train_step
+from benchmarks import step_setup
+from make_jax.train import flops
 
-_CONFIGS = flags.DEFINE_list('configs', ['tiny', 'base'], 'Config modules in configs/.')
-_BATCHES = flags.DEFINE_list('batch_sizes', ['16', '4'], 'Batch size per config.')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (the median is reported).')
+_CONFIG = flags.DEFINE_string('config', 'base', 'Config module in configs/.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Global batch size (one device).')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds (each times every row once).')
+_ROWS = flags.DEFINE_list('rows', ['fwd', 'fwd+bwd', 'train'], 'Rows to time.')
+_BASELINE = flags.DEFINE_string(
+  'baseline_rev', '', 'A git revision whose train step is timed side by side (worker process).'
+)
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Size of the peak-measuring matmul.')
+_CACHE = flags.DEFINE_string(
+  'compilation_cache', '/tmp/make_jax_xla_cache', 'Persistent XLA cache directory; "" for none.'
+)
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+class BaselineWorker:
+  """The train step of a git revision, in its own process (benchmarks/baseline_worker.py)."""
 
-
-def _compiled(fn, *args):
-  compiled = jax.jit(fn).lower(*args).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):
-    cost = cost[0]
-  return compiled, float(cost['flops'])
-
-
-def matmul_peak(n: int, repeats: int) -> float:
-  """Measured float32 FLOP/s of an n x n x n matmul (2 n^3 FLOPs)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  return 2 * n**3 / _median_seconds(f, a, b, repeats=repeats)
-
-
-def bench(name: str, batch_size: int, repeats: int, peak: float) -> None:
-  config = importlib.import_module(f'configs.{name}').get_config()
-  model = build_model(config)
-  batch = jax.tree.map(jnp.asarray, example_batch(config, batch_size))
-  rs = np.random.RandomState(0)
-  batch['query_ids'] = jnp.asarray(rs.randint(5, config.model.vocab_size, batch['query_ids'].shape))
-  batch['title_ids'] = jnp.asarray(rs.randint(5, config.model.vocab_size, batch['title_ids'].shape))
-  batch['image'] = jnp.asarray(rs.randint(0, 256, batch['image'].shape).astype(np.uint8))
-  batch['product_id'] = jnp.arange(batch_size, dtype=jnp.int32)  # Distinct: no accidental hits.
-  params = meta.unbox(jax.jit(model.init)(jax.random.key(0), batch))['params']
-  fwd = lambda p, b: model.apply({'params': p}, b)
-
-  def scalar(p, b):
-    return sum(jnp.sum(v) for v in jax.tree.leaves(fwd(p, b)))
-
-  # The real training step: per-example masking, masked + unmasked passes, every loss,
-  # gradient reduction, AdamW and the memory-bank push (make_jax/train/step.py).
-  config.data.global_batch_size = batch_size
-  tokens = types.SimpleNamespace(
-    pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
-  )
-  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
-  state = train_step.create_train_state(model, params, tx, config, jax.random.key(1))
-  step = train_step.make_train_step(model, tx, config, tokens)
-  for label, fn, args in (
-    ('fwd', fwd, (params, batch)),
-    ('fwd+bwd', jax.grad(scalar), (params, batch)),
-    ('train', step, (state, batch)),
-  ):
-    compiled, flops = _compiled(fn, *args)
-    sec = _median_seconds(compiled, *args, repeats=repeats)
-    mfu = flops / sec / peak
-    print(
-      f'{name:6s} B={batch_size:<3d} {label:8s} {batch_size / sec:9.1f} ex/s  '
-      f'{sec * 1e3:8.1f} ms/step  {flops / batch_size / 1e9:7.3f} GFLOP/ex  MFU {100 * mfu:5.1f}%',
-      flush=True,
+  def __init__(self, rev: str, config: str, batch_size: int, cache: str):
+    self._tmp = tempfile.TemporaryDirectory(prefix='make_jax_baseline_')
+    archive = subprocess.run(
+      ['git', '-C', str(_ROOT), 'archive', rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(['tar', '-x', '-C', self._tmp.name], input=archive, check=True)
+    self.rev = rev
+    self._proc = subprocess.Popen(
+      [
+        sys.executable,
+        str(_ROOT / 'benchmarks' / 'baseline_worker.py'),
+        f'--src={self._tmp.name}',
+        f'--config={config}',
+        f'--batch_size={batch_size}',
+        f'--compilation_cache={cache}',
+      ],
+      cwd=self._tmp.name,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
     )
+    self.info: dict[str, float] = {}
+
+  def wait_ready(self) -> dict[str, float]:
+    """Blocks until the worker has compiled and warmed up; returns its FLOPs."""
+    self.info = self._read()
+    return self.info
+
+  def _read(self) -> dict[str, float]:
+    line = self._proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'the baseline worker for {self.rev} exited ({self._proc.wait()})')
+    return json.loads(line)
+
+  def run(self) -> None:
+    """One step in the worker (blocks until it is done)."""
+    self._proc.stdin.write('run 1\n')
+    self._proc.stdin.flush()
+    self._read()
+
+  def close(self) -> None:
+    """Stops the worker and removes the exported tree."""
+    if self._proc.poll() is None:
+      self._proc.stdin.write('quit\n')
+      self._proc.stdin.flush()
+      self._proc.wait(timeout=60)
+    self._tmp.cleanup()
+
+
+def _fmt(stats: dict[str, float], key: str, scale: float = 100.0, unit: str = '%') -> str:
+  return (
+    f'{scale * stats[key]:.1f}{unit} '
+    f'[{scale * stats[key + "_min"]:.1f}-{scale * stats[key + "_max"]:.1f}]'
+  )
 
 
 def main(argv):
   del argv
-  if len(_BATCHES.value) != len(_CONFIGS.value):
-    raise app.UsageError('--batch_sizes needs one entry per --configs entry')
-  print(f'devices: {jax.devices()}')
-  peak = matmul_peak(_MATMUL_N.value, _REPEATS.value)
-  n = _MATMUL_N.value
+  if _CACHE.value:
+    jax.config.update('jax_compilation_cache_dir', _CACHE.value)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  t0 = time.perf_counter()
+  worker = None
+  if _BASELINE.value:  # Started first: it compiles while this process does.
+    worker = BaselineWorker(_BASELINE.value, _CONFIG.value, _BATCH.value, _CACHE.value)
+  try:
+    _run(worker, t0)
+  finally:
+    if worker is not None:
+      worker.close()
+
+
+def _run(worker: BaselineWorker | None, t0: float) -> None:
+  bs = _BATCH.value
+  s = step_setup.build(_CONFIG.value, bs)
+  calls = {
+    'fwd': (s.fwd, (s.params, s.masked)),
+    'fwd+bwd': (s.fwd_bwd, (s.params, s.masked, s.state)),
+    'train': (s.train, (s.state, s.batch)),
+  }
+  fns, model, xla = {}, {}, {}
+  for row in _ROWS.value:
+    fn, args = calls[row]
+    traced = fn.trace(*args)
+    model[row] = flops.jaxpr_flops(traced.jaxpr)
+    compiled = traced.lower().compile()
+    xla[row] = flops.compiled_flops(compiled)
+    jax.block_until_ready(compiled(*args))  # Warm up.
+    fns[row] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
+  if worker is not None:
+    info = worker.wait_ready()
+    row = f'train@{worker.rev}'
+    model[row], xla[row] = info['model_flops'], info['xla_flops']
+    fns[row] = worker.run
+  probe = flops.MatmulProbe(_MATMUL_N.value)
   print(
-    f'float32 matmul peak ({n}x{n} jnp.dot, median of {_REPEATS.value}): {peak / 1e9:.1f} GFLOP/s'
+    f'{_CONFIG.value} batch {bs} on {jax.devices()[0].device_kind}; set up in '
+    f'{time.perf_counter() - t0:.0f} s; {_ROUNDS.value} interleaved rounds',
+    flush=True,
   )
-  for name, bs in zip(_CONFIGS.value, _BATCHES.value, strict=True):
-    bench(name, int(bs), _REPEATS.value, peak)
-  # Re-measure the peak after the model runs: the machine is shared, so report both.
-  print(f'float32 matmul peak, measured again: {matmul_peak(n, _REPEATS.value) / 1e9:.1f} GFLOP/s')
+  rounds = flops.interleave(fns, rounds=_ROUNDS.value, probe=probe)
+  peaks = [p for row in fns for p in rounds.peaks[row]]
+  print(
+    f'matmul probe ({probe.n}^3 float32, best of {probe.repeats}): median '
+    f'{statistics.median(peaks) / 1e9:.0f} GFLOP/s [{min(peaks) / 1e9:.0f}-'
+    f'{max(peaks) / 1e9:.0f}]'
+  )
+  print(
+    'row            ms/step [range]         ex/s  model GFLOP/ex  MFU(model FLOPs)'
+    '      XLA GFLOP/ex  MFU(XLA FLOPs)'
+  )
+  for row in fns:
+    st = rounds.stats(row, model[row])
+    sx = rounds.stats(row, xla[row])
+    print(
+      f'{row:14s} {_fmt(st, "s", 1e3, ""):22s} {bs / st["s"]:6.1f}  {model[row] / bs / 1e9:14.3f}  '
+      f'{_fmt(st, "mfu"):20s}  {xla[row] / bs / 1e9:12.3f}  {_fmt(sx, "mfu")}',
+      flush=True,
+    )
+  if worker is not None and 'train' in fns:
+    ref = rounds.seconds[f'train@{worker.rev}']
+    speedups = [b / a for a, b in zip(rounds.seconds['train'], ref, strict=True)]
+    print(
+      f'train speed-up over {worker.rev} per round: median '
+      f'{statistics.median(speedups):.2f}x [{min(speedups):.2f}-{max(speedups):.2f}]'
+    )
+  print(f'total {time.perf_counter() - t0:.0f} s')
 
 
 if __name__ == '__main__':

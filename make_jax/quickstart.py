@@ -126,8 +126,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show: 
   model = make_model.build_model(config)
   rng = jax.random.key(config.seed)
   first = next(iter(pipeline))
-  regions = np.zeros((first['image'].shape[0], config.model.image_grid**2), np.float32)
-  params = make_model.init_params(model, rng, dict(first, mpm_mask=regions))
+  params = make_model.init_params(
+    model, rng, make_model.example_batch(config, first['image'].shape[0])
+  )
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
   state = train_step.create_train_state(model, params, tx, config, rng)
   step_fn = jax.jit(train_step.make_train_step(model, tx, config, text), donate_argnums=0)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 from flax import linen as nn
 
+from make_jax.models.heads import mlm_max_predictions
 from make_jax.models.make_model import build_model, example_batch
 from make_jax.models.model_config import ModelConfig
 from make_jax.parallel.partitioning import LOGICAL_AXIS_RULES, logical_partition_specs
@@ -31,8 +32,9 @@ def test_config_initialises_abstractly(name):
   assert out['query_emb'].shape == (2, m.embed_dim)
   assert out['product_emb'].shape == (2, m.embed_dim)
   assert out['modal_weights'].shape == (2, 2)
-  assert out['mlm_query_logits'].shape == (2, t.query_len, m.vocab_size)
-  assert out['mlm_title_logits'].shape == (2, t.title_len, m.vocab_size)
+  k = lambda length: mlm_max_predictions(length, config.masking.mlm_prob)
+  assert out['mlm_query_logits'].shape == (2, k(t.query_len), m.vocab_size)
+  assert out['mlm_title_logits'].shape == (2, k(t.title_len), m.vocab_size)
   for key in ('mpm_pred', 'mpm_r_pred', 'mpm_target'):
     assert out[key].shape == (2, m.image_grid**2, m.hidden_size), key
   for key, value in out.items():

@@ -176,6 +176,28 @@ def test_empty_bank_slots_never_count():
   assert float(m['qpm_negatives_bank']) == 0.0
 
 
+def test_nan_in_an_empty_slot_reaches_neither_loss_nor_gradients():
+  rng, q, p, log_p = _case(8)
+  bank = _bank(rng, 1)  # Slot 0 written; slots 1 and 2 empty, then poisoned with NaN.
+  poisoned = bank.replace(
+    embeddings=bank.embeddings.at[1:].set(jnp.nan), log_p=bank.log_p.at[1:].set(jnp.nan)
+  )
+
+  def loss(q_, p_, b):
+    return qpm.qpm_loss(
+        q_, p_, jnp.asarray(log_p, jnp.float32), jnp.asarray(IDS), 0.2, step=0, cdns_start=0,
+        bank=b,
+    )[0]  # fmt: skip
+
+  f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  args = (jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32))
+  (val, grads), (want_val, want_grads) = f(*args, poisoned), f(*args, bank)
+  assert np.isfinite(float(val)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
+  assert float(val) == float(want_val)
+  for g, w in zip(grads, want_grads, strict=True):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 def test_weight_zero_removes_a_source():
   with jax.enable_x64(True):
     rng, q, p, log_p = _case(7)

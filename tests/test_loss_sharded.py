@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from test_loss_reference import naive_mpm_r, naive_qpm
+from test_loss_reference import naive_mpm_r, naive_qpc, naive_qpm
 
 from configs import base
 from make_jax.losses import compute_losses, reduce_gradients
@@ -286,7 +286,7 @@ def test_comparison_catches_a_gather_without_gradient_and_the_scaling_trap(monke
 
 def test_cdns_switches_on_at_the_configured_step_without_recompiling():
   with jax.enable_x64(True):
-    cfg = loss_cfg(mlm=0.0, mpm=0.0, mpm_r=0.0, qpm=1.0, qpc=0.0)
+    cfg = loss_cfg(mlm=0.0, mpm=0.0, mpm_r=0.0, qpm=1.0, qpc=1.0)
     params, x, batch, bank = make_data(2)
     traces = []
 
@@ -327,6 +327,17 @@ def test_cdns_switches_on_at_the_configured_step_without_recompiling():
       np.testing.assert_allclose(out[s]['qpm'], ref, rtol=1e-9)
       assert out[s]['qpm_negatives_cross_device'] == pytest.approx(st['n_cross'] / GB)
       assert out[s]['qpm_negatives_local'] == pytest.approx(st['n_local'] / GB)
+
+    # QPC follows the same schedule: before the switch each device's queries are classified
+    # among its own products only (the mean of per-device QPCs), from it among the global batch.
+    qpc_args = lambda rows: (
+      np.asarray(m['query_emb'])[rows], np.asarray(m['product_emb'])[rows],
+      np.asarray(batch['product_id'])[rows], cfg.qpc_scale, cfg.qpc_margin,
+    )  # fmt: skip
+    per_device = [naive_qpc(*qpc_args(dev == d)) for d in range(N_DEV)]
+    np.testing.assert_allclose(out[4]['qpc'], np.mean(per_device), rtol=1e-9)
+    np.testing.assert_allclose(out[5]['qpc'], naive_qpc(*qpc_args(slice(None))), rtol=1e-9)
+    assert abs(out[5]['qpc'] - out[4]['qpc']) > 1e-3
 
 
 def test_mpm_r_per_device_denominator_when_cross_device_is_off():

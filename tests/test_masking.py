@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from make_jax.models.heads import mlm_max_predictions
 from make_jax.train.masking import mask_batch
 
 PAD, UNK, CLS, SEP, MASK, V = 0, 1, 2, 3, 4, 1000
@@ -44,6 +45,13 @@ def _mask(batch, cfg, seed=0):
   return jax.tree.map(np.asarray, fn(batch, jax.random.key(seed)))
 
 
+def _chosen(out, field):
+  """[B, L] weights of the predicted tokens, scattered from the K slots."""
+  w = np.zeros(out[f'{field}_ids'].shape, np.float32)
+  np.add.at(w, (np.arange(B)[:, None], out[f'mlm_{field}_positions']), out[f'mlm_{field}_weights'])
+  return w
+
+
 def _rate(chosen, where):
   return chosen[where].mean(), where.sum()
 
@@ -61,9 +69,13 @@ def test_selection_rates_and_specials(ke):
   out = _mask(batch, cfg)
   for field in ('query', 'title'):
     ids, mask, kw = batch[f'{field}_ids'], batch[f'{field}_mask'], batch[f'{field}_keyword']
-    w = out[f'mlm_{field}_weights']
-    assert w.dtype == np.float32 and set(np.unique(w)) <= {0.0, 1.0}
-    np.testing.assert_array_equal(out[f'mlm_{field}_labels'], ids)
+    slots = out[f'mlm_{field}_weights']
+    assert slots.dtype == np.float32 and set(np.unique(slots)) <= {0.0, 1.0}
+    positions = out[f'mlm_{field}_positions']
+    np.testing.assert_array_equal(out[f'mlm_{field}_labels'], np.take_along_axis(ids, positions, 1))
+    np.testing.assert_array_equal(out[f'{field}_clean_ids'], ids)
+    w = _chosen(out, field)
+    assert set(np.unique(w)) <= {0.0, 1.0}  # No position sits in two used slots.
     special = (ids == PAD) | (ids == CLS) | (ids == SEP) | (mask == 0)
     assert not w[special].any(), 'a [PAD]/[CLS]/[SEP] token was chosen'
     chosen = w > 0
@@ -79,7 +91,7 @@ def test_80_10_10_replacement():
   cfg = _cfg(mlm_prob=0.5, keyword_enhancement=False)
   batch = _batch(1)
   out = _mask(batch, cfg)
-  chosen = out['mlm_title_weights'] > 0
+  chosen = _chosen(out, 'title') > 0
   new, old = out['title_ids'][chosen], batch['title_ids'][chosen]
   n = chosen.sum()
   to_mask = new == MASK
@@ -118,4 +130,43 @@ def test_bad_input_is_a_clear_error():
   with pytest.raises(ValueError, match="no 'title_keyword'"):
     _mask(no_kw, _cfg(keyword_enhancement=True))
   out = _mask(no_kw, _cfg(keyword_enhancement=False))  # KE off: keywords are not needed.
-  assert out['mlm_title_weights'].shape == (B, LT)
+  assert out['mlm_title_weights'].shape == (B, mlm_max_predictions(LT, 0.15))
+
+
+def test_at_most_k_tokens_are_predicted_and_the_rest_counted():
+  """Every candidate a keyword at probability 1: each sequence is chosen whole, K are kept."""
+  cfg = _cfg(
+    keyword_enhancement=True,
+    keyword_prob=1.0,
+    mlm_prob=0.15,
+    mask_token_prob=1.0,
+    random_token_prob=0.0,
+  )
+  batch = _batch(4)
+  for field in ('query', 'title'):
+    ids = batch[f'{field}_ids']
+    batch[f'{field}_keyword'] = ((ids != PAD) & (ids != CLS) & (ids != SEP)).astype(np.int32)
+  out = _mask(batch, cfg)
+  for field, length in (('query', LQ), ('title', LT)):
+    k = mlm_max_predictions(length, 0.15)
+    assert 1 <= k < length - 2  # The rule: mean + 4 sd of Binomial(L - 2, 0.15), clipped.
+    ids = batch[f'{field}_ids']
+    n = batch[f'{field}_keyword'].sum(1)
+    w = out[f'mlm_{field}_weights']
+    assert w.shape == (B, k) and out[f'mlm_{field}_positions'].shape == (B, k)
+    np.testing.assert_array_equal(w.sum(1), np.minimum(n, k))
+    np.testing.assert_array_equal(out[f'mlm_{field}_capped'], n - np.minimum(n, k))
+    assert (n > k).any()  # The cap binds for long sequences here.
+    # Exactly the kept tokens are masked (mask_token_prob 1); the capped ones stay as they were.
+    chosen = _chosen(out, field) > 0
+    np.testing.assert_array_equal(out[f'{field}_ids'] == MASK, chosen)
+    np.testing.assert_array_equal(out[f'{field}_ids'][~chosen], ids[~chosen])
+    # Used slots hold distinct ascending positions; unused slots point at 0 with weight 0.
+    pos = out[f'mlm_{field}_positions']
+    used = w > 0
+    assert (np.diff(np.where(used, pos, length), axis=1) > 0)[used[:, 1:]].all()
+    assert (pos[~used] == 0).all()
+  # The kept subset is uniform: late positions of a long title are kept as often as early.
+  long = batch['title_keyword'].sum(1) >= 25
+  chosen = _chosen(out, 'title')[long]
+  assert abs(chosen[:, 1:6].mean() - chosen[:, 20:25].mean()) < 0.1

@@ -9,6 +9,7 @@ import pytest
 from flax.linen import meta
 
 from configs import tiny
+from make_jax.models.heads import mlm_max_predictions
 from make_jax.models.make_model import OUTPUT_KEYS, MakeModel, build_model, example_batch
 from make_jax.models.model_config import ModelConfig
 from make_jax.train.masking import mask_batch
@@ -38,6 +39,7 @@ def _batch(config, seed=0):
     ids[:, 0] = 2
     ids[np.arange(B), lengths - 1] = 3
     b[f'{field}_ids'] = np.where(mask > 0, ids, 0).astype(np.int32)
+    b[f'{field}_clean_ids'] = b[f'{field}_ids']  # Unmasked: the retrieval pass reads the same.
     b[f'{field}_mask'] = mask
     b[f'{field}_keyword'] = (rs.rand(B, length) < 0.3).astype(np.int32) * mask
   b['image'] = rs.randint(0, 256, size=b['image'].shape).astype(np.uint8)
@@ -46,6 +48,15 @@ def _batch(config, seed=0):
   b['log_p'] = np.log(np.full(B, 0.1, np.float32))
   b['mpm_mask'] = (rs.rand(B, 16) < 0.3).astype(np.float32) * ~b['image_missing'][:, None]
   return b
+
+
+def _every_position(batch):
+  """`batch` with MLM positions covering every token: the head then projects them all."""
+  out = dict(batch)
+  for field in ('query', 'title'):
+    b, length = batch[f'{field}_ids'].shape
+    out[f'mlm_{field}_positions'] = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length))
+  return out
 
 
 def _masked(config, seed):
@@ -78,8 +89,8 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
   out = forward(params, _batch(config))
   assert set(out) == set(OUTPUT_KEYS)
   lq, lt, v, d, h = (
-    config.text.query_len,
-    config.text.title_len,
+    mlm_max_predictions(config.text.query_len, config.masking.mlm_prob),
+    mlm_max_predictions(config.text.title_len, config.masking.mlm_prob),
     config.model.vocab_size,
     config.model.embed_dim,
     config.model.hidden_size,
@@ -95,8 +106,6 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
     'mpm_target': (B, 16, h),
     'qpm_temperature': (),
     'mpm_r_tau': (),
-    'qpc_scale': (),
-    'qpc_margin': (),
   }
   for key, shape in expect.items():
     assert out[key].shape == shape, key
@@ -110,8 +119,6 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
   np.testing.assert_array_equal(w[1], [1.0, 0.0])  # image-missing product
   np.testing.assert_allclose(out['qpm_temperature'], config.loss.qpm_temperature, rtol=1e-6)
   np.testing.assert_allclose(out['mpm_r_tau'], config.loss.mpm_r_tau, rtol=1e-6)
-  assert float(out['qpc_scale']) == config.loss.qpc_scale
-  np.testing.assert_allclose(out['qpc_margin'], config.loss.qpc_margin, rtol=1e-6)
 
 
 def test_image_missing_product_ignores_pixels(config, params, forward):
@@ -138,6 +145,7 @@ def test_padding_tokens_do_not_change_outputs(config, params, forward):
       np.int32
     )
   assert (b2['title_ids'] != b1['title_ids']).any()
+  b1, b2 = _every_position(b1), _every_position(b2)
   o1, o2 = forward(params, b1), forward(params, b2)
   for key in ('query_emb', 'product_emb', 'modal_weights', 'mpm_r_pred'):
     np.testing.assert_allclose(o1[key], o2[key], atol=1e-6, err_msg=key)
@@ -170,6 +178,8 @@ def test_retrieval_embeddings_come_from_the_unmasked_inputs(config, model, param
   clean.pop('mpm_mask')
   masked = _masked(config, 3)
   assert (masked['query_ids'] != clean['query_ids']).any()  # Something was masked.
+  for field in ('query', 'title'):  # The MLM head reads the same positions in both.
+    clean[f'mlm_{field}_positions'] = masked[f'mlm_{field}_positions']
   out_clean, out_masked = forward(params, clean), forward(params, masked)
   for key in ('query_emb', 'product_emb', 'modal_weights'):
     np.testing.assert_allclose(out_masked[key], out_clean[key], atol=1e-6)
@@ -262,7 +272,88 @@ def test_bad_batch_is_a_clear_error(config, model, params):
   b.pop('image_missing')
   with pytest.raises(ValueError, match="missing 'image_missing'"):
     model.apply({'params': params}, b)
+  # The retrieval pass never falls back to the masked ids: no clean ids, no forward pass.
+  b = _batch(config)
+  b.pop('title_clean_ids')
+  with pytest.raises(ValueError, match="missing 'title_clean_ids'"):
+    model.apply({'params': params}, b)
   b = _batch(config)
   b['image'] = b['image'][..., :1]
   with pytest.raises(ValueError, match=r'image must be \[batch, size, size, 3\]'):
     jax.eval_shape(lambda: model.apply({'params': params}, b))
+
+
+def test_parameters_do_not_depend_on_the_init_batch(config, model, params):
+  """The [MASK] region vector exists whether or not the init batch carries an mpm_mask."""
+  b = _batch(config)
+  b.pop('mpm_mask')
+  shapes = lambda p: jax.tree.map(lambda x: (x.shape, x.dtype), p)
+  without = jax.eval_shape(lambda: meta.unbox(model.init(jax.random.key(0), b))['params'])
+  assert shapes(without) == shapes(params)
+  assert 'mask_region' in params['image_encoder']
+
+
+def test_fixed_qpm_temperature_is_not_a_parameter(config):
+  """The model owns only what it trains: a fixed temperature lives in cfg.loss alone."""
+  cfg = dataclasses.replace(
+    ModelConfig.from_config(config), qpm_learn_temperature=False, num_layers=1, image_num_layers=1
+  )
+  out, variables = jax.eval_shape(
+    lambda: MakeModel(cfg).init_with_output(jax.random.key(0), _batch(config))
+  )
+  assert 'log_qpm_temperature' not in variables['params'] and 'qpm_temperature' not in out
+  assert 'log_mpm_r_tau' in variables['params'] and 'mpm_r_tau' in out
+
+
+def _mlm_only_loss(model, config):
+  from make_jax.losses.total import compute_losses
+
+  loss_cfg = config.loss.copy_and_resolve_references()
+  with loss_cfg.unlocked():
+    for k in loss_cfg.weights:
+      loss_cfg.weights[k] = 1.0 if k == 'mlm' else 0.0
+
+  def loss(p, b):
+    out = model.apply({'params': p}, b)
+    return compute_losses(out, b, loss_cfg, step=0, num_steps=10)[0]
+
+  return loss
+
+
+def _full_head_batch(batch):
+  """The same masks laid out over every position: what a head projecting all tokens reads."""
+  full = _every_position(batch)
+  for field in ('query', 'title'):
+    b, length = batch[f'{field}_ids'].shape
+    weights = np.zeros((b, length), np.float32)
+    rows = np.arange(b)[:, None]
+    np.add.at(weights, (rows, batch[f'mlm_{field}_positions']), batch[f'mlm_{field}_weights'])
+    full[f'mlm_{field}_weights'] = weights
+    full[f'mlm_{field}_labels'] = batch[f'{field}_clean_ids']
+  return full
+
+
+def test_gathered_mlm_head_equals_the_full_head(config, model, params):
+  """Logits only at the K predicted positions: same loss and gradients as every position's."""
+  batch = jax.tree.map(np.asarray, _masked(config, 5))
+  full = _full_head_batch(batch)
+  lq = config.text.query_len
+  assert batch['mlm_query_positions'].shape[1] < lq  # The gathered head really is smaller.
+  assert batch['mlm_query_weights'].sum() > 0 and batch['mlm_title_weights'].sum() > 0
+  # Every chosen token is in a slot once: scattered weights are 0/1 on masked-or-chosen tokens.
+  for field in ('query', 'title'):
+    assert set(np.unique(full[f'mlm_{field}_weights'])) <= {0.0, 1.0}
+  grad = jax.jit(jax.value_and_grad(_mlm_only_loss(model, config)))
+  (got, g_got), (want, g_want) = grad(params, batch), grad(params, full)
+  assert np.isfinite(float(want)) and float(want) > 0
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  flat_got = jax.tree_util.tree_leaves_with_path(g_got)
+  flat_want = jax.tree.leaves(g_want)
+  scale = max(float(np.abs(np.asarray(w)).max()) for w in flat_want)
+  nonzero = 0
+  for (path, g), w in zip(flat_got, flat_want, strict=True):
+    np.testing.assert_allclose(
+      g, w, rtol=1e-5, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path)
+    )
+    nonzero += bool(np.abs(np.asarray(w)).max() > 0)
+  assert nonzero > 10  # MLM reaches the encoders and the head, not just the bias.

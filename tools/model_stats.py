@@ -1,26 +1,35 @@
 r"""Prints parameter counts (per encoder, total) and FLOPs per example of each config's model.
 
   python -m tools.model_stats                       # tiny, base, paper
-  python -m tools.model_stats --configs=tiny,base --batch_size=2
+  python -m tools.model_stats --configs=tiny,base --batch_size=2 --xla=false
 
-FLOPs come from XLA's compiled cost analysis of the jitted forward pass (batch of
-`--batch_size`, divided by it) and of the forward+backward pass of a scalar built from
-every output (`--backward`); nothing is estimated. Output: a Markdown table.
+FLOPs are those of training: the forward is the training forward over a batch as masking
+leaves it (masked pass for MLM / MPM plus the unmasked retrieval pass, MLM logits at the
+predicted positions only), and fwd+bwd is the real train step of make_jax/train/step.py
+(masking, both passes, losses, gradient, AdamW). Two counts, nothing estimated:
+- *model FLOPs*: matmuls and convolutions, counted on the jaxpr after dead-code elimination
+  (`make_jax.train.flops.model_flops`); the numerator of the benchmarks' "MFU (model FLOPs)";
+- *XLA FLOPs* (`--xla`): XLA's cost analysis of the compiled function, elementwise work and
+  the optimiser included.
+Everything is traced on abstract shapes (`jax.eval_shape`), so no parameters are allocated.
+Output: a Markdown table.
 """
 
 import importlib
+import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax.linen import meta
 
 from make_jax.models.make_model import build_model, example_batch
+from make_jax.train import flops, masking, optimizer
+from make_jax.train import step as train_step
 
 _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'base', 'paper'], 'Config modules in configs/.')
 _BATCH = flags.DEFINE_integer('batch_size', 2, 'Batch size the FLOPs are measured at.')
-_BACKWARD = flags.DEFINE_bool('backward', True, 'Also measure forward+backward FLOPs.')
+_XLA = flags.DEFINE_bool('xla', True, 'Also compile and report XLA cost-analysis FLOPs.')
 
 GROUPS = {
   'query enc.': ('query_encoder',),
@@ -30,41 +39,72 @@ GROUPS = {
   'MA + proj.': ('fusion', 'gate_hidden', 'gate_out', 'modality_embeddings', '_proj'),
   'heads': ('mlm_', 'mpm_', 'log_'),
 }
+_RAW = (
+  'query_ids',
+  'query_mask',
+  'query_keyword',
+  'title_ids',
+  'title_mask',
+  'title_keyword',
+  'image',
+  'image_missing',
+  'product_id',
+  'log_p',
+)
 
 
-def _flops(fn, *args) -> float:
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(cost, list | tuple):  # Older JAX returned one dict per computation.
-    cost = cost[0]
-  return float(cost['flops'])
+def _xla_flops(fn, *args) -> float:
+  return flops.compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
-def stats(name: str, batch_size: int, backward: bool) -> dict[str, float]:
-  """Parameter counts by group and FLOPs per example of configs/<name>.py."""
+def stats(name: str, batch_size: int, xla: bool) -> dict[str, float]:
+  """Parameter counts by group and training FLOPs per example of configs/<name>.py."""
   config = importlib.import_module(f'configs.{name}').get_config()
+  config.data.global_batch_size = batch_size
   model = build_model(config)
-  batch = example_batch(config, batch_size)
-  # A training batch (as `mask_batch` leaves it): the labels make the model run its
-  # retrieval pass over the unmasked inputs too, so the FLOPs are those of a train step.
-  for field in ('query', 'title'):
-    batch[f'mlm_{field}_labels'] = batch[f'{field}_ids']
-    batch[f'mlm_{field}_weights'] = np.zeros(batch[f'{field}_ids'].shape, np.float32)
-  abstract = meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), batch)))['params']
+  zeros = example_batch(config, batch_size)
+  raw = {k: jax.ShapeDtypeStruct(zeros[k].shape, zeros[k].dtype) for k in _RAW}
+  tokens = types.SimpleNamespace(
+    pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
+  )
+
+  def mask(b):
+    return masking.mask_batch_by_example(
+      b,
+      jax.random.key(0),
+      config.masking,
+      pad_id=0,
+      cls_id=2,
+      sep_id=3,
+      mask_id=4,
+      vocab_size=tokens.vocab_size,
+      num_regions=config.model.image_grid**2,
+    )
+
+  masked = jax.eval_shape(mask, raw)
+  init = lambda b: model.init({'params': jax.random.key(0)}, b, train=False)
+  params = meta.unbox(jax.eval_shape(init, masked))['params']
   counts = dict.fromkeys(GROUPS, 0)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     key = '/'.join(str(getattr(p, 'key', p)) for p in path)
     group = next(g for g, pats in GROUPS.items() if any(p in key for p in pats))
     counts[group] += int(np.prod(leaf.shape))
   row = {g: float(c) for g, c in counts.items()}
   row['total'] = float(sum(counts.values()))
-  fwd = lambda p, b: model.apply({'params': p}, b)
-  row['fwd'] = _flops(fwd, abstract, batch) / batch_size
-  if backward:
+  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
+  state = jax.eval_shape(
+    lambda p: train_step.create_train_state(model, p, tx, config, jax.random.key(1)), params
+  )
+  step = train_step.make_train_step(model, tx, config, tokens)
 
-    def scalar(p, b):
-      return sum(jnp.sum(v) for v in jax.tree.leaves(fwd(p, b)))
+  def fwd(p, b):
+    return model.apply({'params': p}, b, train=True, rngs={'dropout': jax.random.key(2)})
 
-    row['fwd+bwd'] = _flops(jax.grad(scalar), abstract, batch) / batch_size
+  row['model fwd'] = flops.model_flops(fwd, params, masked) / batch_size
+  row['model step'] = flops.model_flops(step, state, raw) / batch_size
+  if xla:
+    row['XLA fwd'] = _xla_flops(fwd, params, masked) / batch_size
+    row['XLA step'] = _xla_flops(step, state, raw) / batch_size
   return row
 
 
@@ -77,16 +117,17 @@ def _fmt(x: float) -> str:
 
 def main(argv):
   del argv
-  cols = [*GROUPS, 'total', 'fwd', 'fwd+bwd']
+  flop_cols = ['model fwd', 'model step', 'XLA fwd', 'XLA step']
+  cols = [*GROUPS, 'total', *flop_cols]
   print(
     '| config | '
-    + ' | '.join(f'params: {c}' if c in GROUPS or c == 'total' else f'FLOPs/ex {c}' for c in cols)
-    + ' | bwd/fwd |'
+    + ' | '.join(f'params: {c}' if c not in flop_cols else f'FLOPs/ex: {c}' for c in cols)
+    + ' | step/fwd (model) |'
   )
   print('|' + '---|' * (len(cols) + 2))
   for name in _CONFIGS.value:
-    row = stats(name, _BATCH.value, _BACKWARD.value)
-    ratio = f'{row["fwd+bwd"] / row["fwd"]:.2f}' if 'fwd+bwd' in row else '-'
+    row = stats(name, _BATCH.value, _XLA.value)
+    ratio = f'{row["model step"] / row["model fwd"]:.2f}'
     cells = [_fmt(row[c]) if c in row else '-' for c in cols]
     print(f'| {name} | ' + ' | '.join(cells) + f' | {ratio} |', flush=True)
 

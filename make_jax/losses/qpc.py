@@ -8,10 +8,12 @@ with no temperature and no log-p correction (it sharpens the decision boundary t
 corrected softmax softens).
 
 Decisions:
-- The classes are the *global* batch, at every step and on any number of devices: product
-  embeddings are gathered with gradient exactly as for CDNS, so QPC's value and gradients do
-  not depend on how the batch is split over devices (sharded == single device). Unlike QPM,
-  QPC has no CDNS schedule: the paper's switch is a property of eq. 3's negative sampling.
+- The classes follow QPM's CDNS schedule: before `cdns_start` they are this device's own
+  products; from then on the *global* batch, gathered with gradient exactly as for QPM, so
+  QPC's value and gradients do not depend on how the batch is split over devices (sharded ==
+  single device). A "no CDNS" ablation (cdns_start past the last step) thus has no
+  cross-device negatives in any loss. The switch masks columns with a traced step: no
+  recompile.
 - Accidental hits are handled as in QPM: a column holding the positive's product id (a
   duplicate row on any device) other than the positive's own column is removed from the
   softmax, so a query is never trained to reject its own product.
@@ -35,9 +37,11 @@ def qpc_loss(
   scale: jax.Array | float,
   margin: jax.Array | float,
   *,
+  step: jax.Array | int = 0,
+  cdns_start: int = 0,
   axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """AM-Softmax query-to-product classification over the global batch.
+  """AM-Softmax query-to-product classification over the batch (global once CDNS is on).
 
   Args:
     query_emb: [b, d] this device's query embeddings (L2-normalised by the model).
@@ -45,6 +49,9 @@ def qpc_loss(
     product_id: [b] int product ids.
     scale: AM-Softmax scale s > 0.
     margin: additive margin m subtracted from the positive's cosine.
+    step: the current step (may be traced); other devices' products are classes when
+      step >= cdns_start.
+    cdns_start: first step with cross-device classes (`qpm.cdns_start_step`).
     axis_name: the data axis (None: one device).
 
   Returns:
@@ -67,9 +74,11 @@ def qpc_loss(
   pos_col = collectives.axis_index(axis_name) * b + rows
   is_pos = jnp.arange(global_b)[None, :] == pos_col[:, None]
   hit = (id_all[None, :] == product_id[:, None]) & ~is_pos
+  local = jnp.arange(global_b)[None, :] // b == collectives.axis_index(axis_name)
+  drop = hit | (~local & (jnp.asarray(step) < cdns_start))
   cos = query_emb.astype(dtype) @ v_all.T
   z = jnp.asarray(scale, dtype) * (cos - jnp.asarray(margin, dtype) * is_pos)
-  z = jnp.where(hit, -jnp.inf, z)
+  z = jnp.where(drop, -jnp.inf, z)
   z_pos = z[rows, pos_col]
   per_query = jax.nn.logsumexp(z, axis=1) - z_pos
   share = jnp.sum(per_query) / global_b

@@ -11,7 +11,8 @@ For query u_r and its positive product v_r, with scores s(u, v) = u.v / T - log 
   `cdns_start` on it sees the global batch. Shapes never change and `step` may be traced, so
   the switch does not recompile.
 - v_i (weight w1): the memory-bank queue (make_jax/losses/memory_bank.py), behind stop_gradient;
-  empty slots and steps before `bank_start_step` are masked.
+  empty slots and steps before `bank_start_step` are masked. Empty slots are zeroed before
+  the scores are computed, so their contents (even NaN) cannot reach loss or gradients.
 - Accidental hits: any negative whose product id equals the positive's id (a duplicate row of
   the batch, on this or another device, or a queued copy) is excluded.
 - Stability: log of the denominator is m + log(e^(s_pos-m) + w1 SUM e^(s_i-m) + w2 SUM
@@ -150,9 +151,13 @@ def qpm_loss(
       raise ValueError(
         f'QPM: bank embeddings have dim {bank_emb.shape[1]}, queries have dim {u.shape[1]}'
       )
-    s_bank = (u @ bank_emb.astype(dtype).T) / temperature  # [b, Q*B]
+    # Empty slots are zeroed before any arithmetic: whatever they hold (NaN included) must
+    # not reach the scores, whose masked entries would still put 0 * NaN into gradients.
+    bank_emb = jnp.where(bank_valid[:, None], bank_emb.astype(dtype), 0.0)
+    bank_logp = jnp.where(bank_valid, bank_logp.astype(dtype), 0.0)
+    s_bank = (u @ bank_emb.T) / temperature  # [b, Q*B]
     if logp_correction:
-      s_bank = s_bank - bank_logp.astype(dtype)[None, :]
+      s_bank = s_bank - bank_logp[None, :]
     bank_mask = (
       bank_valid[None, :]
       & (bank_id[None, :] != product_id[:, None])

@@ -17,15 +17,12 @@ def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
   """Paper eq. 3 with CDNS from cfg.loss.cdns_start_fraction and MBNS from the bank."""
   registry.require(outputs, ('query_emb', 'product_emb'), 'qpm', 'model output')
   registry.require(batch, ('log_p', 'product_id'), 'qpm', 'batch')
-  if 'qpm_temperature' in outputs:
+  if loss_cfg.qpm_learn_temperature:
+    # The model owns (and trains) the temperature.
+    registry.require(outputs, ('qpm_temperature',), 'qpm', 'model output')
     temperature = outputs['qpm_temperature']
-  elif not loss_cfg.qpm_learn_temperature:
-    temperature = jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
   else:
-    raise ValueError(
-      "loss term 'qpm' needs model output 'qpm_temperature' when "
-      'cfg.loss.qpm_learn_temperature is True'
-    )
+    temperature = jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
   bank = ctx.bank
   if loss_cfg.bank_batches > 0:
     if bank is None:
@@ -56,15 +53,17 @@ def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
 
 @registry.register('qpc')
 def qpc_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
-  """AM-Softmax over the global batch; scale/margin from the model outputs or the config."""
+  """AM-Softmax with cfg.loss's scale and margin, on QPM's CDNS schedule."""
   registry.require(outputs, ('query_emb', 'product_emb'), 'qpc', 'model output')
   registry.require(batch, ('product_id',), 'qpc', 'batch')
   return qpc.qpc_loss(
     outputs['query_emb'],
     outputs['product_emb'],
     batch['product_id'],
-    outputs.get('qpc_scale', loss_cfg.qpc_scale),
-    outputs.get('qpc_margin', loss_cfg.qpc_margin),
+    loss_cfg.qpc_scale,
+    loss_cfg.qpc_margin,
+    step=ctx.step,
+    cdns_start=qpm.cdns_start_step(loss_cfg.cdns_start_fraction, ctx.num_steps),
     axis_name=ctx.axis_name,
   )
 
@@ -93,8 +92,7 @@ def mlm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
 
 def _target(outputs, loss_cfg):
   target = outputs['mpm_target']
-  # The model already stops the gradient (contract 4); repeating it here keeps the loss
-  # faithful to the config even for a model that does not.
+  # The one place the targets' gradient is stopped (the model returns them as computed).
   if loss_cfg.mpm_stop_gradient_target:
     target = lax.stop_gradient(target)
   return target

@@ -1,12 +1,21 @@
-"""Pre-training heads (SPEC 4): MLM (tied to the word embeddings), MPM regression, MPM_R."""
+"""Pre-training heads (SPEC 4): MLM (tied to the word embeddings), MPM regression, MPM_R.
 
+The MLM head projects only the positions where a token is predicted: masking lists them,
+K per sequence (`mlm_max_predictions`), and the head gathers those K token outputs before
+the transform and the [*, V] vocabulary projection. Computing logits for every position
+would spend most of the head's FLOPs (a quarter of a base step's) on positions whose loss
+weight is 0; the gathered loss and its gradients equal the full head's on the same masks.
+"""
+
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from make_jax.models.layers import ZEROS_INIT, dense, layer_norm
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.transformer import ZEROS_INIT, layer_norm, weight_init
 from make_jax.parallel.partitioning import constrain, partitioned
 
 
@@ -18,26 +27,51 @@ class _Transform(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
-    x = nn.Dense(
-      cfg.hidden_size,
-      dtype=cfg.compute_dtype,
-      param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(weight_init(cfg), ('embed', 'mlp')),
-      bias_init=partitioned(ZEROS_INIT, ('mlp',)),
-      name='dense',
-    )(x)
+    x = dense(cfg, cfg.hidden_size, ('embed', 'mlp'), 'dense')(x)
     return layer_norm(cfg, 'ln')(nn.gelu(x, approximate=False))
 
 
+def mlm_max_predictions(length: int, mlm_prob: float) -> int:
+  """K: the predicted-token slots of a sequence of `length` tokens (static; masking caps at K).
+
+  The rule: n = length - 2 candidates ([CLS] and [SEP] are never predicted), each chosen
+  with `mlm_prob`; K = ceil(n p + 4 sqrt(n p (1 - p))), the mean of that binomial count plus
+  four standard deviations, clipped to [1, n] (at least one slot so shapes are never empty).
+  Keywords, chosen with the higher `keyword_prob` under Keyword Enhancement, can push a
+  sequence past K: masking then keeps a uniformly random K of its chosen tokens and counts
+  the others (the step's `mlm_capped_tokens` metric), so masking and head always agree.
+  """
+  if not 0.0 <= mlm_prob <= 1.0:
+    raise ValueError(f'masking.mlm_prob={mlm_prob} must be in [0, 1]')
+  n = max(int(length) - 2, 0)
+  k = math.ceil(n * mlm_prob + 4.0 * math.sqrt(n * mlm_prob * (1.0 - mlm_prob)))
+  return max(1, min(n, k))
+
+
+def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """x [B, L, H] at positions [B, K] (int, in [0, L)) -> [B, K, H]."""
+  if positions.ndim != 2 or positions.shape[0] != x.shape[0]:
+    raise ValueError(
+      f'MLM positions {positions.shape} must be [batch, K] for token outputs {x.shape}'
+    )
+  return jnp.take_along_axis(x, positions.astype(jnp.int32)[..., None], axis=1)
+
+
 class MlmHead(nn.Module):
-  """Logits over the vocabulary: transform, then the (tied) word embeddings, plus a bias."""
+  """Logits over the vocabulary at the predicted positions: transform, then the (tied) word
+  embeddings, plus a bias."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    """x [B, L, H] -> logits [B, L, V] (float32); `attend` multiplies by the embedding table."""
-    h = _Transform(self.cfg, name='transform')(x)
+  def __call__(
+    self, x: jax.Array, positions: jax.Array, attend: Callable[[jax.Array], jax.Array]
+  ) -> jax.Array:
+    """x [B, L, H], positions [B, K] -> logits [B, K, V] (float32).
+
+    `attend` multiplies by the embedding table. Only the K gathered positions are projected.
+    """
+    h = _Transform(self.cfg, name='transform')(gather_positions(x, positions))
     bias = self.param(
       'bias', partitioned(ZEROS_INIT, ('vocab',)), (self.cfg.vocab_size,), self.cfg.params_dtype
     )
@@ -57,12 +91,5 @@ class RegionHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = _Transform(self.cfg, name='transform')(x)
-    out = nn.Dense(
-      self.out_dim,
-      dtype=self.cfg.compute_dtype,
-      param_dtype=self.cfg.params_dtype,
-      kernel_init=partitioned(weight_init(self.cfg), ('mlp', 'embed')),
-      bias_init=partitioned(ZEROS_INIT, ('embed',)),
-      name='out',
-    )(h)
+    out = dense(self.cfg, self.out_dim, ('mlp', 'embed'), 'out')(h)
     return constrain(out.astype('float32'), ('act_batch', 'act_regions', 'act_embed'))

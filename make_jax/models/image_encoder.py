@@ -3,23 +3,37 @@
 The region features `v` (projected to the hidden size, before masking and position
 embeddings) are what the image transformer is fed; they are the targets of MPM / MPM_R
 (paper eq. 1: the masked patch's own input embedding is the positive). A masked region's
-input is replaced by a learned [MASK] region vector.
+input is replaced by a learned [MASK] region vector. That vector is a parameter whether or not
+a mask is passed, so the parameter tree does not depend on the batch used to initialise.
 """
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from make_jax.models.layers import dense, layer_norm, weight_init
 from make_jax.models.model_config import ModelConfig
 from make_jax.models.resnet import ResNet, adaptive_avg_pool
-from make_jax.models.transformer import (
-  BATCH_LEN_EMBED,
-  ZEROS_INIT,
-  TransformerStack,
-  layer_norm,
-  weight_init,
-)
+from make_jax.models.transformer import BATCH_LEN_EMBED, TransformerStack
 from make_jax.parallel.partitioning import constrain, partitioned
+
+
+class ImageEncoding(NamedTuple):
+  """What the image encoder returns.
+
+  Attributes:
+    tokens: [B, 1 + R, H] transformer outputs of the (masked, when a mask is given) regions.
+    regions: [B, R, H] region features v before masking: the MPM / MPM_R targets.
+    unmasked_tokens: [B, 1 + R, H] outputs of the unmasked regions: `tokens` itself when no
+      mask is given, a second transformer pass when one is and `with_unmasked` is set, and
+      None otherwise.
+  """
+
+  tokens: jax.Array
+  regions: jax.Array
+  unmasked_tokens: jax.Array | None
 
 
 class ImageEncoder(nn.Module):
@@ -35,8 +49,8 @@ class ImageEncoder(nn.Module):
     *,
     train: bool = False,
     with_unmasked: bool = False,
-  ) -> tuple[jax.Array, ...]:
-    """Returns (token outputs [B, 1 + R, H], region features v [B, R, H][, unmasked tokens]).
+  ) -> ImageEncoding:
+    """Encodes the images, masking the regions `mpm_mask` marks.
 
     Args:
       image: uint8 [B, S, S, 3].
@@ -59,14 +73,9 @@ class ImageEncoder(nn.Module):
     fmap = backbone(image)
     grid = adaptive_avg_pool(fmap, cfg.image_grid)  # [B, g, g, C]
     regions = grid.reshape(grid.shape[0], cfg.num_regions, grid.shape[-1])
-    v = nn.Dense(
-      cfg.hidden_size,
-      dtype=cfg.compute_dtype,
-      param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(weight_init(cfg), ('region_features', 'embed')),
-      bias_init=partitioned(ZEROS_INIT, ('embed',)),
-      name='region_proj',
-    )(regions.astype(cfg.compute_dtype))
+    v = dense(cfg, cfg.hidden_size, ('region_features', 'embed'), 'region_proj')(
+      regions.astype(cfg.compute_dtype)
+    )
     v = constrain(v, ('act_batch', 'act_regions', 'act_embed'))
     if mpm_mask is not None and mpm_mask.shape != v.shape[:2]:
       raise ValueError(f'mpm_mask must be {v.shape[:2]}; got {mpm_mask.shape}')
@@ -91,16 +100,11 @@ class ImageEncoder(nn.Module):
       x = constrain(dropout(x, deterministic=not train), BATCH_LEN_EMBED)
       return stack(x, jnp.ones(x.shape[:2], jnp.int32), train=train)
 
-    x = v
-    if mpm_mask is not None:
-      mask_vec = self.param(
-        'mask_region',
-        partitioned(weight_init(cfg), ('embed',)),
-        (cfg.hidden_size,),
-        cfg.params_dtype,
-      )
-      x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(x.dtype), x)
-    tokens = encode(x)
-    if with_unmasked:
-      return tokens, v, (encode(v) if mpm_mask is not None else tokens)
-    return tokens, v
+    mask_vec = self.param(
+      'mask_region', partitioned(weight_init(cfg), ('embed',)), (cfg.hidden_size,), cfg.params_dtype
+    )
+    if mpm_mask is None:
+      tokens = encode(v)
+      return ImageEncoding(tokens, v, tokens)
+    x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(v.dtype), v)
+    return ImageEncoding(encode(x), v, encode(v) if with_unmasked else None)

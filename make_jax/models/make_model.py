@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from make_jax.models.heads import MlmHead, RegionHead
+from make_jax.models.heads import MlmHead, RegionHead, mlm_max_predictions
 from make_jax.models.image_encoder import ImageEncoder
+from make_jax.models.layers import dense, weight_init
 from make_jax.models.model_config import ModelConfig
-from make_jax.models.transformer import ZEROS_INIT, TextEncoder, TransformerStack, weight_init
+from make_jax.models.transformer import TextEncoder, TransformerStack
 from make_jax.parallel.partitioning import constrain, partitioned
 
 OUTPUT_KEYS = (
@@ -42,10 +43,8 @@ OUTPUT_KEYS = (
   'mpm_pred',
   'mpm_r_pred',
   'mpm_target',
-  'qpm_temperature',
+  'qpm_temperature',  # Only with cfg.loss.qpm_learn_temperature (else the loss's constant).
   'mpm_r_tau',
-  'qpc_scale',
-  'qpc_margin',
 )
 
 
@@ -62,20 +61,12 @@ class MakeModel(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    dense = lambda n, names, name: nn.Dense(
-      n,
-      dtype=cfg.compute_dtype,
-      param_dtype=cfg.params_dtype,
-      kernel_init=partitioned(weight_init(cfg), names),
-      bias_init=partitioned(ZEROS_INIT, names[1:]),
-      name=name,
-    )
     self.query_encoder = TextEncoder(cfg, name='query_encoder')
     self.title_encoder = TextEncoder(cfg, name='title_encoder')
     self.image_encoder = ImageEncoder(cfg, name='image_encoder')
-    self.query_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'query_proj')
-    self.title_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'title_proj')
-    self.image_proj = dense(cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
+    self.query_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'query_proj')
+    self.title_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'title_proj')
+    self.image_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
     if cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
@@ -84,16 +75,19 @@ class MakeModel(nn.Module):
         cfg.params_dtype,
       )
       self.fusion = TransformerStack(cfg, cfg.fusion_layers, name='fusion')
-      self.gate_hidden = dense(cfg.hidden_size, ('embed', 'mlp'), 'gate_hidden')
-      self.gate_out = dense(2, ('mlp', 'modalities'), 'gate_out')
+      self.gate_hidden = dense(cfg, cfg.hidden_size, ('embed', 'mlp'), 'gate_hidden')
+      self.gate_out = dense(cfg, 2, ('mlp', 'modalities'), 'gate_out')
     self.mlm_query_head = MlmHead(cfg, name='mlm_query_head')
     self.mlm_title_head = MlmHead(cfg, name='mlm_title_head')
     self.mpm_head = RegionHead(cfg, cfg.hidden_size, name='mpm_head')
     self.mpm_r_head = RegionHead(cfg, cfg.hidden_size, name='mpm_r_head')
-    # Temperatures are stored as logs so that exp() keeps them positive under any update.
-    self.log_qpm_temperature = self.param(
-      'log_qpm_temperature', nn.initializers.constant(math.log(cfg.qpm_temperature)), ()
-    )
+    # The model owns only the trainable temperatures (a fixed QPM temperature and the QPC
+    # constants are read from cfg.loss by the losses). Stored as logs so that exp() keeps
+    # them positive under any update.
+    if cfg.qpm_learn_temperature:
+      self.log_qpm_temperature = self.param(
+        'log_qpm_temperature', nn.initializers.constant(math.log(cfg.qpm_temperature)), ()
+      )
     self.log_mpm_r_tau = self.param(
       'log_mpm_r_tau', nn.initializers.constant(math.log(cfg.mpm_r_tau)), ()
     )
@@ -118,7 +112,7 @@ class MakeModel(nn.Module):
   ) -> tuple[jax.Array, jax.Array]:
     """Product embeddings [B, d] (L2-normalised, float32) and modal weights [B, 2]."""
     title = self.title_encoder(title_ids, title_mask, train=train)
-    img, _ = self.image_encoder(image, None, train=train)
+    img = self.image_encoder(image, None, train=train).tokens
     return self._fuse(title, title_mask, img, image_missing, train)
 
   def _fuse(self, title, title_mask, img, image_missing, train):
@@ -157,57 +151,67 @@ class MakeModel(nn.Module):
   # --- Training forward pass ---------------------------------------------------------------
 
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
-    """All outputs of contract 4 for a batch of contract 2 (+ `mpm_mask` after masking)."""
+    """All outputs of contract 4 for a masked batch of contract 3 (`train/masking.py`).
+
+    The batch's *_ids are the masked MLM inputs, mlm_*_positions [B, K] the positions whose
+    tokens are predicted (MLM logits are computed there only) and mpm_mask (optional) the
+    masked regions.
+    With `retrieval_from_unmasked` the retrieval pass reads `query_clean_ids` and
+    `title_clean_ids`, which masking emits; a batch without them is an error, never a
+    silent fall-back to the masked ids.
+    """
     cfg = self.cfg
-    for key in ('query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing'):
+    required = ['query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing']
+    required += ['mlm_query_positions', 'mlm_title_positions']
+    if cfg.retrieval_from_unmasked:
+      required += ['query_clean_ids', 'title_clean_ids']
+    for key in required:
       if key not in batch:
-        raise ValueError(f'batch is missing {key!r}; it has {sorted(batch)}')
-    # Masked pass (MLM / MPM inputs; `mask_batch` put the masked ids in *_ids).
+        raise ValueError(
+          f'batch is missing {key!r}; it has {sorted(batch)} (the model takes a batch masked '
+          'by make_jax/train/masking.mask_batch; model.retrieval_from_unmasked needs the '
+          'clean ids it emits)'
+        )
+    # Masked pass: MLM / MPM inputs.
     query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train)
     title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train)
+    image = self.image_encoder(
+      batch['image'],
+      batch.get('mpm_mask'),
+      train=train,
+      with_unmasked=cfg.retrieval_from_unmasked,
+    )
+    # Retrieval pass: the unmasked inputs (the ResNet ran once, above).
+    query_clean, title_clean, img_clean = query, title, image.tokens
     if cfg.retrieval_from_unmasked:
-      img, v, img_clean = self.image_encoder(
-        batch['image'], batch.get('mpm_mask'), train=train, with_unmasked=True
-      )
-    else:
-      img, v = self.image_encoder(batch['image'], batch.get('mpm_mask'), train=train)
-      img_clean = img
-    # Retrieval pass: the unmasked inputs (`mask_batch` keeps the original ids as labels).
-    query_clean, title_clean = query, title
-    if cfg.retrieval_from_unmasked:
-      if 'mlm_query_labels' in batch:
-        query_clean = self.query_encoder(
-          batch['mlm_query_labels'], batch['query_mask'], train=train
-        )
-      if 'mlm_title_labels' in batch:
-        title_clean = self.title_encoder(
-          batch['mlm_title_labels'], batch['title_mask'], train=train
-        )
+      query_clean = self.query_encoder(batch['query_clean_ids'], batch['query_mask'], train=train)
+      title_clean = self.title_encoder(batch['title_clean_ids'], batch['title_mask'], train=train)
+      img_clean = image.unmasked_tokens
     query_emb = l2_normalize(self.query_proj(query_clean[:, 0]))
     product_emb, weights = self._fuse(
       title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
     )
-    regions = img[:, 1:]
-    target = v.astype(jnp.float32)
-    if cfg.mpm_stop_gradient_target:
-      target = jax.lax.stop_gradient(target)
-    log_t = self.log_qpm_temperature
-    if not cfg.qpm_learn_temperature:
-      log_t = jax.lax.stop_gradient(log_t)
-    return {
+    regions = image.tokens[:, 1:]
+    out = {
       'query_emb': query_emb,
       'product_emb': product_emb,
       'modal_weights': weights,
-      'mlm_query_logits': self.mlm_query_head(query, self.query_encoder.attend),
-      'mlm_title_logits': self.mlm_title_head(title, self.title_encoder.attend),
+      # Logits only where masking chose a token: [B, K, V] at the batch's positions.
+      'mlm_query_logits': self.mlm_query_head(
+        query, batch['mlm_query_positions'], self.query_encoder.attend
+      ),
+      'mlm_title_logits': self.mlm_title_head(
+        title, batch['mlm_title_positions'], self.title_encoder.attend
+      ),
       'mpm_pred': self.mpm_head(regions),
       'mpm_r_pred': self.mpm_r_head(regions),
-      'mpm_target': target,
-      'qpm_temperature': jnp.exp(log_t),
+      # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
+      'mpm_target': image.regions.astype(jnp.float32),
       'mpm_r_tau': jnp.exp(self.log_mpm_r_tau),
-      'qpc_scale': jnp.asarray(cfg.qpc_scale, jnp.float32),
-      'qpc_margin': jnp.asarray(cfg.qpc_margin, jnp.float32),
     }
+    if cfg.qpm_learn_temperature:
+      out['qpm_temperature'] = jnp.exp(self.log_qpm_temperature)
+    return out
 
 
 def build_model(config: ml_collections.ConfigDict) -> MakeModel:
@@ -216,15 +220,24 @@ def build_model(config: ml_collections.ConfigDict) -> MakeModel:
 
 
 def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-  """A zero batch with the shapes and dtypes of contract 2 (+ mpm_mask) for `config`."""
+  """A zero batch with the shapes and dtypes of a masked batch (contract 3) for `config`."""
   lq, lt, s = config.text.query_len, config.text.title_len, config.data.image_size
   regions = config.model.image_grid**2
+  kq, kt = (mlm_max_predictions(n, config.masking.mlm_prob) for n in (lq, lt))
   i32 = lambda *shape: np.zeros(shape, np.int32)
   return {
+    'mlm_query_positions': i32(batch_size, kq),
+    'mlm_query_labels': i32(batch_size, kq),
+    'mlm_query_weights': np.zeros((batch_size, kq), np.float32),
+    'mlm_title_positions': i32(batch_size, kt),
+    'mlm_title_labels': i32(batch_size, kt),
+    'mlm_title_weights': np.zeros((batch_size, kt), np.float32),
     'query_ids': i32(batch_size, lq),
+    'query_clean_ids': i32(batch_size, lq),
     'query_mask': np.ones((batch_size, lq), np.int32),
     'query_keyword': i32(batch_size, lq),
     'title_ids': i32(batch_size, lt),
+    'title_clean_ids': i32(batch_size, lt),
     'title_mask': np.ones((batch_size, lt), np.int32),
     'title_keyword': i32(batch_size, lt),
     'image': np.zeros((batch_size, s, s, 3), np.uint8),

@@ -10,16 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 
 _RESNET_DEPTHS = (18, 50, 101)
-# Fields of the config's `loss` section that the model reads (temperatures' initial values,
-# whether they train, the QPC constants, and whether MPM targets carry gradient).
-_LOSS_FIELDS = (
-  'qpm_temperature',
-  'qpm_learn_temperature',
-  'mpm_r_tau',
-  'mpm_stop_gradient_target',
-  'qpc_scale',
-  'qpc_margin',
-)
+# Fields of the config's `loss` section that the model reads: the initial values of the
+# temperatures it trains, and whether the QPM temperature trains at all. Every other loss
+# constant is read by the losses from cfg.loss alone.
+_LOSS_FIELDS = ('qpm_temperature', 'qpm_learn_temperature', 'mpm_r_tau')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +41,10 @@ class ModelConfig:
   modal_adaptation: bool = True
   fusion_layers: int = 1
   retrieval_from_unmasked: bool = True
-  # From the loss section: initial values of the trainable temperatures and QPC constants.
+  # From the loss section: the trainable temperatures' initial values.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
   mpm_r_tau: float = 0.1
-  mpm_stop_gradient_target: bool = True
-  qpc_scale: float = 30.0
-  qpc_margin: float = 0.2
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:

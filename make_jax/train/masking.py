@@ -4,17 +4,21 @@ MLM: each real token other than [CLS]/[SEP]/[PAD] is chosen for prediction with 
 `mlm_prob`; with Keyword Enhancement on, keyword tokens (query words that also occur in the
 clicked product's title or attribute values, marked by the pipeline in *_keyword) are chosen
 with `keyword_prob` instead. Chosen tokens follow BERT's 80/10/10 rule: [MASK], a random
-token, or unchanged (ratios configurable). MPM: each of the R image regions is masked with
+token, or unchanged (ratios configurable). At most K = `mlm_max_predictions(L, mlm_prob)`
+tokens per sequence are predicted (make_jax/models/heads.py states the rule): the MLM head
+projects exactly those K positions. MPM: each of the R image regions is masked with
 `mpm_prob`; never for an image-missing product (it has no image to reconstruct).
 
 Pure jax.numpy and jit-able: `cfg` and the special ids are Python constants.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from make_jax.models.heads import mlm_max_predictions
 
 
 def _check_cfg(cfg: ml_collections.ConfigDict) -> None:
@@ -29,6 +33,26 @@ def _check_cfg(cfg: ml_collections.ConfigDict) -> None:
     )
 
 
+class MaskedTokens(NamedTuple):
+  """One masked token field; K = `mlm_max_predictions(L, cfg.mlm_prob)`.
+
+  Attributes:
+    ids: [B, L] int32 masked ids (the MLM inputs).
+    clean_ids: [B, L] int32 the original ids.
+    positions: [B, K] int32 positions of the predicted tokens, ascending; unused slots 0.
+    labels: [B, K] int32 the original ids at `positions`.
+    weights: [B, K] float32, 1.0 for a predicted token, 0.0 for an unused slot.
+    capped: [B] int32 tokens chosen beyond K and left unmasked (see mlm_max_predictions).
+  """
+
+  ids: jax.Array
+  clean_ids: jax.Array
+  positions: jax.Array
+  labels: jax.Array
+  weights: jax.Array
+  capped: jax.Array
+
+
 def mask_tokens(
   rng: jax.Array,
   ids: jax.Array,
@@ -39,8 +63,8 @@ def mask_tokens(
   special_ids: tuple[int, ...],
   mask_id: int,
   vocab_size: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """BERT masking of one token field.
+) -> MaskedTokens:
+  """BERT masking of one token field, at most K predicted tokens per sequence.
 
   Args:
     rng: PRNG key.
@@ -53,12 +77,15 @@ def mask_tokens(
     vocab_size: random replacements are drawn from [0, vocab_size).
 
   Returns:
-    (masked ids [B, L] int32, labels [B, L] int32 = the original ids, weights [B, L] float32
-    with 1.0 where a token is to be predicted).
+    The masked field (`MaskedTokens`). When more than K tokens of a sequence are chosen, a
+    uniformly random K of them are kept (the others stay unchanged and unpredicted, and are
+    counted in `capped`), so the MLM head's K slots always cover every predicted token.
   """
   if ids.shape != mask.shape:
     raise ValueError(f'token ids {ids.shape} and mask {mask.shape} differ in shape')
   ids = ids.astype(jnp.int32)
+  length = ids.shape[-1]
+  k = mlm_max_predictions(length, cfg.mlm_prob)
   candidate = mask > 0
   for sid in special_ids:
     candidate &= ids != sid
@@ -68,13 +95,34 @@ def mask_tokens(
       raise ValueError(f'keyword marks {keyword.shape} and token ids {ids.shape} differ in shape')
     prob = jnp.where(keyword > 0, cfg.keyword_prob, prob)
   k_choose, k_kind, k_random = jax.random.split(rng, 3)
-  chosen = candidate & (jax.random.uniform(k_choose, ids.shape) < prob)
+  u = jax.random.uniform(k_choose, ids.shape)
+  chosen = candidate & (u < prob)
+  # The cap: keep the K chosen tokens of smallest u / prob. Given that a token is chosen,
+  # u / prob is uniform on [0, 1) whatever its probability, so the kept K are a uniformly
+  # random subset (keywords are not favoured or disfavoured by the cap).
+  score = jnp.where(chosen, u / jnp.maximum(prob, 1e-30), 2.0)
+  rank = jnp.argsort(jnp.argsort(score, axis=-1, stable=True), axis=-1, stable=True)
+  kept = chosen & (rank < k)
+  capped = jnp.sum(chosen, axis=-1) - jnp.sum(kept, axis=-1)
   kind = jax.random.uniform(k_kind, ids.shape)
   random_ids = jax.random.randint(k_random, ids.shape, 0, vocab_size, jnp.int32)
-  to_mask = chosen & (kind < cfg.mask_token_prob)
-  to_random = chosen & ~to_mask & (kind < cfg.mask_token_prob + cfg.random_token_prob)
+  to_mask = kept & (kind < cfg.mask_token_prob)
+  to_random = kept & ~to_mask & (kind < cfg.mask_token_prob + cfg.random_token_prob)
   masked = jnp.where(to_mask, mask_id, jnp.where(to_random, random_ids, ids))
-  return masked, ids, chosen.astype(jnp.float32)
+  # Kept positions in ascending order, then unused slots (position `length`, mapped to 0).
+  slots = jnp.sort(jnp.where(kept, jnp.arange(length, dtype=jnp.int32), length), axis=-1)
+  slots = slots[..., :k]
+  used = slots < length
+  positions = jnp.where(used, slots, 0).astype(jnp.int32)
+  labels = jnp.take_along_axis(ids, positions, axis=-1)
+  return MaskedTokens(
+    ids=masked,
+    clean_ids=ids,
+    positions=positions,
+    labels=labels,
+    weights=used.astype(jnp.float32),
+    capped=capped.astype(jnp.int32),
+  )
 
 
 def mask_batch(
@@ -91,9 +139,11 @@ def mask_batch(
 ) -> dict[str, Any]:
   """Returns a copy of `batch` with masked query/title ids and the MLM / MPM targets.
 
-  Adds mlm_query_labels / mlm_query_weights [B, Lq], mlm_title_labels / mlm_title_weights
-  [B, Lt] and mpm_mask [B, R] float32 (1.0 = region masked), and replaces query_ids and
-  title_ids by the masked inputs. With Keyword Enhancement on, the batch must carry
+  Per field (query, title; L tokens, K = `mlm_max_predictions(L, cfg.mlm_prob)` slots) adds
+  mlm_<field>_positions / _labels / _weights [B, K] (the predicted tokens, see
+  `MaskedTokens`) and mlm_<field>_capped [B]; adds mpm_mask [B, R] float32 (1.0 = region
+  masked); replaces <field>_ids by the masked inputs and keeps the originals as
+  <field>_clean_ids (the model's retrieval pass reads them). With Keyword Enhancement on, the batch must carry
   query_keyword and title_keyword.
   """
   _check_cfg(cfg)
@@ -111,7 +161,7 @@ def mask_batch(
   k_query, k_title, k_region = jax.random.split(rng, 3)
   out = dict(batch)
   for field, key in (('query', k_query), ('title', k_title)):
-    ids, labels, weights = mask_tokens(
+    tokens = mask_tokens(
       key,
       batch[f'{field}_ids'],
       batch[f'{field}_mask'],
@@ -121,9 +171,12 @@ def mask_batch(
       mask_id=mask_id,
       vocab_size=vocab_size,
     )
-    out[f'{field}_ids'] = ids
-    out[f'mlm_{field}_labels'] = labels
-    out[f'mlm_{field}_weights'] = weights
+    out[f'{field}_ids'] = tokens.ids
+    out[f'{field}_clean_ids'] = tokens.clean_ids
+    out[f'mlm_{field}_positions'] = tokens.positions
+    out[f'mlm_{field}_labels'] = tokens.labels
+    out[f'mlm_{field}_weights'] = tokens.weights
+    out[f'mlm_{field}_capped'] = tokens.capped
   missing = jnp.asarray(batch['image_missing']).astype(bool)
   regions = jax.random.uniform(k_region, (missing.shape[0], num_regions)) < cfg.mpm_prob
   out['mpm_mask'] = (regions & ~missing[:, None]).astype(jnp.float32)

@@ -22,6 +22,7 @@ from flax import struct
 
 from make_jax.losses.memory_bank import MemoryBank, bank_from_config
 from make_jax.losses.total import compute_losses, reduce_gradients
+from make_jax.parallel.collectives import global_sum
 from make_jax.train import masking
 
 Batch = dict[str, Any]
@@ -136,6 +137,9 @@ def make_train_step(
       jax.lax.stop_gradient(product_emb), batch['log_p'], batch['product_id'], axis_name=axis_name
     )
     metrics['grad_norm'] = optax.tree.norm(grads)
+    # Chosen MLM tokens beyond the head's K slots (left unmasked; see mlm_max_predictions).
+    capped = jnp.sum(masked['mlm_query_capped']) + jnp.sum(masked['mlm_title_capped'])
+    metrics['mlm_capped_tokens'] = global_sum(capped.astype(jnp.float32), axis_name)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, bank=bank)
     return new_state, metrics
 
