@@ -190,8 +190,8 @@ def export_catalogue(
     config, loader, tower='product', batch_size=batch_size, num_devices=num_devices
   )
   source = {'dataset': data.name, 'builder_config': data.builder_config, 'split': split}
-  base = _base_manifest('product_embeddings', config, vocab_path, loader, source)
   with manifest_lib.staging_dir(out_dir) as tmp:
+    base = _base_manifest('product_embeddings', config, vocab_path, loader, source)
     logging.info('Exporting %d %s records into %s', n, split, out_dir)
     with beam.Pipeline(options=pipeline_options(pipeline_args)) as p:
       records = (
@@ -228,8 +228,8 @@ def export_queries(
   handler = MakeModelHandler(
     config, loader, tower='query', batch_size=batch_size, num_devices=num_devices
   )
-  base = _base_manifest('query_embeddings', config, vocab_path, loader, {'query_files': files})
   with manifest_lib.staging_dir(out_dir) as tmp:
+    base = _base_manifest('query_embeddings', config, vocab_path, loader, {'query_files': files})
     with beam.Pipeline(options=pipeline_options(pipeline_args)) as p:
       queries = (
         p

@@ -184,3 +184,31 @@ class MakeModelHandler(ModelHandler):
   def batch_elements_kwargs(self) -> dict[str, int]:
     """Batches of up to the compiled batch size (shorter ones are padded)."""
     return {'min_batch_size': 1, 'max_batch_size': self._batch_size}
+
+
+def model_source(
+  config: ml_collections.ConfigDict,
+  *,
+  workdir: str = '',
+  checkpoint: str = '',
+  vocab: str = '',
+  random_init: bool = False,
+) -> tuple[str, ParamsLoader]:
+  """(vocab path, params loader) for the CLIs: the trainer's workdir by default.
+
+  The vocabulary is `vocab`, else `config.text.vocab_path`, else `<workdir>/vocab.txt`;
+  params are the newest checkpoint of `checkpoint` (or `workdir`), or a random model.
+
+  Raises:
+    ValueError: no vocabulary, or neither a checkpoint nor `random_init`.
+  """
+  import os
+
+  vocab = vocab or config.text.vocab_path or (os.path.join(workdir, 'vocab.txt') if workdir else '')
+  if not vocab or not os.path.isfile(vocab):
+    raise ValueError(f'no vocabulary file {vocab!r}: pass --vocab or a trainer --workdir')
+  if random_init:
+    return vocab, make_loader(config)
+  if not (checkpoint or workdir):
+    raise ValueError('pass --workdir or --checkpoint (or --random_init for an untrained model)')
+  return vocab, make_loader(config, checkpoint or workdir)
