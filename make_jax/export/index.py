@@ -87,7 +87,12 @@ def build_searcher(embeddings: np.ndarray, ids: np.ndarray, cfg: IndexConfig) ->
 
 
 def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1024):
-  """Brute-force (indices [q, k], scores [q, k]) by inner product, best first (NumPy)."""
+  """Brute-force (indices [q, k], scores [q, k]) by inner product, best first (NumPy).
+
+  Queries go in chunks of at most `chunk`, fewer for a large database, so that the score
+  matrix and argpartition's int64 output stay near 0.8 GB.
+  """
+  chunk = max(1, min(chunk, 2**26 // max(1, len(embeddings))))
   out_i, out_s = [], []
   for start in range(0, len(queries), chunk):
     scores = queries[start : start + chunk] @ embeddings.T
