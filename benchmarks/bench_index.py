@@ -48,14 +48,17 @@ _TABLE_QUERIES = flags.DEFINE_integer(
 _ANN = flags.DEFINE_bool('ann', True, 'Run the ANN comparison (False: pipelines only).')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/bench_index', 'Pipelines: data and outputs.')
 _OUT = flags.DEFINE_string('out', '', 'Write the results as JSON here too.')
-TAOBAO = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  '..',
-  'shared',
-  'data',
-  'multi-cpr-ecom',
-  'train.query.txt',
-)
+TAOBAO = [  # All ~101k real queries: `qid<TAB>query` lines.
+  os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    '..',
+    'shared',
+    'data',
+    'multi-cpr-ecom',
+    f'{split}.query.txt',
+  )
+  for split in ('train', 'dev')
+]
 
 
 def mixture(n, d, clusters, noise, seed):
@@ -240,8 +243,10 @@ def bench_pipelines(table_queries):
   out['export'] = {'products': m['count'], 'seconds': sec, 'products_per_s': m['count'] / sec}
   print('export', out['export'], flush=True)
   index_lib.build_from_export(os.path.join(work, 'emb'), os.path.join(work, 'index'))
-  with open(TAOBAO, encoding='utf-8') as f:
-    lines = [line.rstrip('\n') for line in f]
+  lines = []
+  for path in TAOBAO:
+    with open(path, encoding='utf-8') as f:
+      lines += [line.rstrip('\n') for line in f]
   lines = lines[:table_queries] if table_queries else lines
   log = os.path.join(work, 'queries.txt')
   with open(log, 'w', encoding='utf-8') as f:
