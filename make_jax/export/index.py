@@ -238,6 +238,8 @@ def build(
 ) -> Index:
   """An in-memory index with a manifest copied from the export's (not yet saved)."""
   cfg = cfg or configure(len(ids))
+  from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  (imported outside the timing)
+
   start = time.perf_counter()
   searcher = build_searcher(embeddings, ids, cfg)
   manifest = {
