@@ -73,6 +73,7 @@ def test_export_equals_encode_product_on_one_and_eight_devices(setup, tmp_path):
   assert len(m1['shards']) == 3
 
 
+@pytest.mark.slow
 def test_query_export_merges_word_orders_and_counts(setup, tmp_path):
   config, vocab, _ = setup
   log = tmp_path / 'log.txt'
