@@ -40,7 +40,8 @@ _SINGLE = flags.DEFINE_integer('single', 1000, 'Queries timed one at a time.')
 _HNSW_M = flags.DEFINE_integer('hnsw_m', 16, 'HNSW graph degree (hnswlib and faiss).')
 _HNSW_EFC = flags.DEFINE_integer('hnsw_ef_construction', 100, 'HNSW ef_construction.')
 _THREADS = flags.DEFINE_integer('build_threads', 2, 'Threads for the HNSW builds.')
-_SKIP = flags.DEFINE_list('skip', [], 'Methods to skip: hnswlib, faiss.')
+_SKIP = flags.DEFINE_list('skip', [], 'Methods to skip: scann, hnswlib, faiss.')
+_TARGET = flags.DEFINE_float('target_recall', 0.95, 'HNSW recall target when scann is skipped.')
 _PIPELINES = flags.DEFINE_bool('pipelines', True, 'Also time the Beam pipelines.')
 _TABLE_QUERIES = flags.DEFINE_integer(
   'table_queries', 0, 'Real queries for the query table (0: all of multi-cpr-ecom).'
@@ -322,8 +323,10 @@ def main(argv):
   truth, exact = bench_exact(db, queries, k)
   results['exact_numpy'] = exact
   print('exact', exact, flush=True)
-  results.update(bench_scann(db, queries, truth, k, tune_queries))
-  target = results['scann_tuned']['recall']
+  target = _TARGET.value
+  if 'scann' not in _SKIP.value:
+    results.update(bench_scann(db, queries, truth, k, tune_queries))
+    target = results['scann_tuned']['recall']
   if 'hnswlib' not in _SKIP.value:
     results['hnswlib'] = bench_hnswlib(db, queries, truth, k, target)
     print('hnswlib', results['hnswlib'], flush=True)
