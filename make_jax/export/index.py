@@ -204,8 +204,9 @@ def tune(
     )
     reorders = reorders or (k, 2 * k, 4 * k, 8 * k)
   sweep = []
-  for lv in leaves:
-    for ro in reorders:
+  # For a fixed re-rank size, more leaves are slower: stop at the first that reaches the target.
+  for ro in reorders:
+    for lv in leaves:
       index._leaves, index._reorder = lv or None, ro or None
       start = time.perf_counter()
       found, _ = index.search_batched(queries, k)
@@ -214,6 +215,8 @@ def tune(
         {'leaves_to_search': lv, 'reorder': ro, 'recall': recall(found, truth), 'qps': qps}
       )
       logging.info('tune: %s', sweep[-1])
+      if sweep[-1]['recall'] >= target_recall:
+        break
   ok = [s for s in sweep if s['recall'] >= target_recall]
   best = max(ok, key=lambda s: s['qps']) if ok else max(sweep, key=lambda s: s['recall'])
   index._leaves, index._reorder = best['leaves_to_search'] or None, best['reorder'] or None
