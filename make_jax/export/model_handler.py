@@ -1,0 +1,214 @@
+"""The encoders at fixed batch shapes, and the Beam `ModelHandler` that serves them.
+
+Why: Beam's `RunInference` batches elements and calls a model handler, which loads the model
+once per worker. Ours loads params through a loader it is given (a trainer checkpoint, or a
+random model in tests), jits one tower of `MakeModel` (product or query) at one batch size,
+pads short batches to it (no recompiles), and, with several devices, shards the batch over
+a ('data',) mesh with the params replicated: each example's embedding is computed by the
+same program whatever the device count.
+"""
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from make_jax.models import make_model
+
+ParamsLoader = Callable[[], tuple[Any, int | None]]
+TOWER_INPUTS = {
+  'product': ('title_ids', 'title_mask', 'image', 'image_missing'),
+  'query': ('query_ids', 'query_mask'),
+}
+
+
+def random_params(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[Any, None]:
+  """A randomly initialised model's params (step None): stands in until checkpoints exist.
+
+  Cached per process by (config, seed): the driver and the workers of a local pipeline
+  share one initialisation.
+  """
+  return _random_params(config.to_json(), seed), None
+
+
+@functools.lru_cache(maxsize=4)
+def _random_params(config_json: str, seed: int) -> Any:
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  model = make_model.build_model(config)
+  params = make_model.init_params(model, jax.random.key(seed), make_model.example_batch(config, 1))
+  return jax.device_get(params)
+
+
+def checkpoint_params(config: ml_collections.ConfigDict, path: str) -> tuple[Any, int | None]:
+  """The params and step of the newest checkpoint under `path` (a workdir or checkpoint dir)."""
+  from make_jax.train import checkpoint  # The trainer's module; imported only when used.
+
+  return checkpoint.latest_params(path, config)
+
+
+def make_loader(
+  config: ml_collections.ConfigDict, checkpoint: str = '', seed: int = 0
+) -> ParamsLoader:
+  """A picklable loader: the checkpoint at `checkpoint`, or a random model if it is ''."""
+  if checkpoint:
+    return functools.partial(checkpoint_params, config, checkpoint)
+  return functools.partial(random_params, config, seed)
+
+
+class BatchEncoder:
+  """One tower of `MakeModel`, jitted at `batch_size`, over `devices` (batch sharded)."""
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    params: Any,
+    *,
+    tower: str,
+    batch_size: int,
+    devices: Sequence[jax.Device] | None = None,
+  ):
+    """Places params (replicated) and compiles nothing yet (the first call does)."""
+    if tower not in TOWER_INPUTS:
+      raise ValueError(f'tower must be one of {sorted(TOWER_INPUTS)}; got {tower!r}')
+    devices = list(devices or jax.devices()[:1])
+    if batch_size % len(devices):
+      raise ValueError(f'batch_size {batch_size} must divide by the {len(devices)} devices')
+    self.tower, self.batch_size, self.inputs = tower, batch_size, TOWER_INPUTS[tower]
+    model = make_model.build_model(config)
+
+    def encode(p, batch):
+      args = [batch[k] for k in self.inputs]
+      if tower == 'product':
+        return model.apply({'params': p}, *args, method=model.encode_product)
+      return (model.apply({'params': p}, *args, method=model.encode_query),)
+
+    mesh = Mesh(np.array(devices), ('data',))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    self._data = NamedSharding(mesh, PartitionSpec('data'))
+    self._params = jax.device_put(params, replicated)
+    self._fn = jax.jit(encode, in_shardings=(replicated, self._data), out_shardings=self._data)
+
+  @property
+  def outputs(self) -> tuple[str, ...]:
+    """Names of the arrays `__call__` returns."""
+    return ('embedding', 'modal_weights') if self.tower == 'product' else ('embedding',)
+
+  def __call__(self, examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Encodes [n, ...] inputs (any n) in padded chunks of `batch_size`; returns [n, ...]."""
+    n = len(examples[self.inputs[0]])
+    parts: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, n, self.batch_size):
+      chunk = {k: np.asarray(examples[k][start : start + self.batch_size]) for k in self.inputs}
+      m = len(chunk[self.inputs[0]])
+      if m < self.batch_size:  # Pad by repeating the last row: same shapes, no recompile.
+        chunk = {
+          k: np.concatenate([v, np.repeat(v[-1:], self.batch_size - m, 0)])
+          for k, v in chunk.items()
+        }
+      out = self._fn(self._params, jax.device_put(chunk, self._data))
+      parts.append(tuple(np.asarray(o)[:m] for o in out))
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.outputs)}
+
+
+class MakeModelHandler(ModelHandler):
+  """`RunInference` handler: dict elements in, the same dicts with the embedding out.
+
+  An element holds the tower's inputs (contract 2 names) and any other fields (ids, counts),
+  which pass through; inputs are dropped from the output and `embedding` (and, for the
+  product tower, `modal_weights` = (a_title, a_image)) added.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    loader: ParamsLoader,
+    *,
+    tower: str,
+    batch_size: int = 64,
+    num_devices: int = 1,
+    log_every_s: float = 10.0,
+  ):
+    """See `BatchEncoder`; `num_devices` local devices shard each batch."""
+    super().__init__()
+    self._config, self._loader, self._tower = config, loader, tower
+    self._batch_size, self._num_devices, self._log_every_s = batch_size, num_devices, log_every_s
+    self._count, self._start, self._last_log = 0, 0.0, 0.0
+
+  def load_model(self) -> BatchEncoder:
+    """Loads params through the loader and builds the jitted encoder."""
+    params, step = self._loader()
+    devices = jax.local_devices()
+    if self._num_devices > len(devices):
+      raise ValueError(f'num_devices {self._num_devices} > the {len(devices)} local devices')
+    logging.info('Encoder (%s tower) from checkpoint step %s', self._tower, step)
+    return BatchEncoder(
+      self._config,
+      params,
+      tower=self._tower,
+      batch_size=self._batch_size,
+      devices=devices[: self._num_devices],
+    )
+
+  def run_inference(
+    self, batch: Sequence[dict[str, Any]], model: BatchEncoder, inference_args: Any = None
+  ) -> Iterable[dict[str, Any]]:
+    """Encodes one batch of elements and logs progress every `log_every_s` seconds."""
+    stacked = {k: np.stack([e[k] for e in batch]) for k in model.inputs}
+    out = model(stacked)
+    Metrics.counter('make_jax.export', f'{self._tower}s_encoded').inc(len(batch))
+    self._progress(len(batch))
+    for i, element in enumerate(batch):
+      result = {k: v for k, v in element.items() if k not in model.inputs}
+      result.update({k: v[i] for k, v in out.items()})
+      yield result
+
+  def _progress(self, n: int) -> None:
+    now = time.perf_counter()
+    if not self._start:
+      self._start = self._last_log = now
+    self._count += n
+    if now - self._last_log >= self._log_every_s:
+      self._last_log = now
+      rate = self._count / max(now - self._start, 1e-9)
+      logging.info('%s tower: %d encoded (%.0f/s)', self._tower, self._count, rate)
+
+  def batch_elements_kwargs(self) -> dict[str, int]:
+    """Batches of up to the compiled batch size (shorter ones are padded)."""
+    return {'min_batch_size': 1, 'max_batch_size': self._batch_size}
+
+
+def model_source(
+  config: ml_collections.ConfigDict,
+  *,
+  workdir: str = '',
+  checkpoint: str = '',
+  vocab: str = '',
+  random_init: bool = False,
+) -> tuple[str, ParamsLoader]:
+  """(vocab path, params loader) for the CLIs: the trainer's workdir by default.
+
+  The vocabulary is `vocab`, else `config.text.vocab_path`, else `<workdir>/vocab.txt`;
+  params are the newest checkpoint of `checkpoint` (or `workdir`), or a random model.
+
+  Raises:
+    ValueError: no vocabulary, or neither a checkpoint nor `random_init`.
+  """
+  import os
+
+  vocab = vocab or config.text.vocab_path or (os.path.join(workdir, 'vocab.txt') if workdir else '')
+  if not vocab or not os.path.isfile(vocab):
+    raise ValueError(f'no vocabulary file {vocab!r}: pass --vocab or a trainer --workdir')
+  if random_init:
+    return vocab, make_loader(config)
+  if not (checkpoint or workdir):
+    raise ValueError('pass --workdir or --checkpoint (or --random_init for an untrained model)')
+  return vocab, make_loader(config, checkpoint or workdir)

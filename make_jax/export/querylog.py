@@ -1,0 +1,164 @@
+"""Query logs as Beam collections: parse lines, merge word orders, keep a surface form.
+
+Why: the offline table (SPEC 7.3) and the query export key a query by its sorted words, as
+training does (SPEC 2): 'nike red shoes' and 'shoes red nike' are one row. A log line is a
+query and, optionally, a count (`query_column` / `count_column`, tab-separated); a line that
+cannot be read, or whose query has no words, is skipped and counted. Of the surface forms of
+one key the most frequent is kept for display (ties: the smallest string, so reruns agree).
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import ml_collections
+from apache_beam.metrics import Metrics
+
+from make_jax.text import qid as qid_lib
+from make_jax.text.preprocess import TextPreprocessor
+
+KEY_SEPARATOR = '\x1f'  # Between the sorted words of a key (never inside a word).
+NAMESPACE = 'make_jax.querylog'
+
+
+def parse_line(line: str, query_column: int = 0, count_column: int = 1) -> tuple[str, int]:
+  """(query, count) of one tab-separated log line; count 1 when its column is absent.
+
+  Raises:
+    ValueError: no query column, or a count column that is not a positive integer.
+  """
+  cols = line.rstrip('\r\n').split('\t')
+  if query_column >= len(cols):
+    raise ValueError(f'no column {query_column} in {line!r}')
+  count = 1
+  if 0 <= count_column < len(cols) and count_column != query_column:
+    count = int(cols[count_column])
+    if count <= 0:
+      raise ValueError(f'count {count} is not positive in {line!r}')
+  return cols[query_column], count
+
+
+def words_key(words: list[str]) -> str:
+  """The table key of a word list: its sorted words joined by `KEY_SEPARATOR`."""
+  return KEY_SEPARATOR.join(sorted(words))
+
+
+def key_qid(key: str) -> int:
+  """The qid of a key (the training qid of its words)."""
+  return qid_lib.qid_of_words(key.split(KEY_SEPARATOR))
+
+
+def text_preprocessor(config: ml_collections.ConfigDict, vocab_path: str) -> TextPreprocessor:
+  """The training tokenizer of `config.text` over the vocabulary file `vocab_path`."""
+  return TextPreprocessor.from_vocab_file(
+    vocab_path, sort_words=config.text.sort_words, strip_accents=config.text.strip_accents
+  )
+
+
+class _KeyLines(beam.DoFn):
+  """line -> (key, (surface, count)); unreadable and wordless lines are counted."""
+
+  def __init__(self, config, vocab_path, query_column, count_column):
+    self._config, self._vocab_path = config, vocab_path
+    self._query_column, self._count_column = query_column, count_column
+
+  def setup(self):
+    self._text = text_preprocessor(self._config, self._vocab_path)
+
+  def process(self, line: str) -> Iterator[tuple[str, tuple[str, int]]]:
+    try:
+      query, count = parse_line(line, self._query_column, self._count_column)
+    except ValueError:
+      Metrics.counter(NAMESPACE, 'bad_lines').inc()
+      return
+    words = self._text.words(query)
+    if not words:
+      Metrics.counter(NAMESPACE, 'empty_queries').inc()
+      return
+    Metrics.counter(NAMESPACE, 'lines').inc()
+    yield words_key(words), (query.strip(), count)
+
+
+class SurfaceCombine(beam.CombineFn):
+  """(surface, count)s of one key -> (total count, most frequent surface)."""
+
+  def create_accumulator(self) -> dict[str, int]:
+    return {}
+
+  def add_input(self, acc: dict[str, int], element: tuple[str, int]) -> dict[str, int]:
+    acc[element[0]] = acc.get(element[0], 0) + element[1]
+    return acc
+
+  def merge_accumulators(self, accs: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for acc in accs:
+      for k, v in acc.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+  def extract_output(self, acc: dict[str, int]) -> tuple[int, str]:
+    surface = min(acc, key=lambda s: (-acc[s], s))
+    return sum(acc.values()), surface
+
+
+class _Encode(beam.DoFn):
+  """(key, (count, surface)) -> a query element with token ids for the query tower."""
+
+  def __init__(self, config, vocab_path):
+    self._config, self._vocab_path = config, vocab_path
+
+  def setup(self):
+    self._text = text_preprocessor(self._config, self._vocab_path)
+
+  def process(self, item: tuple[str, tuple[int, str]]) -> Iterator[dict[str, Any]]:
+    key, (count, surface) = item
+    query_len = self._config.text.query_len
+    if self._text.sort_words:  # The key's words are what `encode` would encode.
+      ids, mask = self._text.encode_words_batch([key.split(KEY_SEPARATOR)], query_len)
+      ids, mask = ids[0], mask[0]
+    else:
+      ids, mask = self._text.encode(surface, query_len)
+    Metrics.counter(NAMESPACE, 'distinct_queries').inc()
+    yield {
+      'key': key,
+      'qid': key_qid(key),
+      'surface': surface,
+      'count': count,
+      'query_ids': ids,
+      'query_mask': mask,
+    }
+
+
+class DistinctQueries(beam.PTransform):
+  """Log lines -> one element per distinct sorted-word sequence, ready for the query tower."""
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    vocab_path: str,
+    *,
+    query_column: int = 0,
+    count_column: int = 1,
+  ):
+    """`query_column` / `count_column`: tab-separated columns (count_column -1: none)."""
+    super().__init__()
+    self._args = (config, vocab_path)
+    self._columns = (query_column, count_column)
+
+  def expand(self, lines):
+    return (
+      lines
+      | 'KeyLines' >> beam.ParDo(_KeyLines(*self._args, *self._columns))
+      | 'MergeWordOrders' >> beam.CombinePerKey(SurfaceCombine())
+      | 'Encode' >> beam.ParDo(_Encode(*self._args))
+    )
+
+
+def metric_totals(result: Any, namespace: str = NAMESPACE) -> dict[str, int]:
+  """The committed counters of `namespace` from a finished pipeline result."""
+  from apache_beam.metrics.metric import MetricsFilter
+
+  totals: dict[str, int] = {}
+  for c in result.metrics().query(MetricsFilter().with_namespace(namespace))['counters']:
+    totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
+  return totals
