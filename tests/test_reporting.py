@@ -34,9 +34,16 @@ def test_jsonl_round_trip_and_resume_drops_lines_past_the_restored_step(tmp_path
   assert _steps(tmp_path / 'metrics.jsonl') == [10, 20, 30]
   assert json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[-1])['loss'] == 3.5
 
-  # A fresh start in the same workdir keeps nothing; a non-primary process writes nothing.
-  reporting.MetricsWriter(tmp_path, start_step=0, tensorboard=False).close()
+  # A fresh start in the same workdir keeps nothing, not even the step-0 line of a run that
+  # died before its first checkpoint; a non-primary process writes nothing.
+  writer = reporting.MetricsWriter(tmp_path, start_step=0, tensorboard=False)
+  writer.write(0, {'recall@10': 0.1})
+  writer.close()
+  writer = reporting.MetricsWriter(tmp_path, start_step=0, tensorboard=False)
   assert (tmp_path / 'metrics.jsonl').read_text() == ''
+  writer.write(0, {'recall@10': 0.2})
+  writer.close()
+  assert _steps(tmp_path / 'metrics.jsonl') == [0]
   other = reporting.MetricsWriter(tmp_path / 'p1', is_primary=False)
   other.write(1, {'loss': 1.0})
   assert not (tmp_path / 'p1').exists()

@@ -14,8 +14,9 @@ Interface:
     `<workdir>/metrics.jsonl`: one JSON object per logged step, {"step": n, name: float},
     appended and flushed at each write. On construction, lines past `start_step` (left by
     a run that died after its last checkpoint) and a torn last line are dropped (atomic
-    rewrite), so the file never holds two lines for a step; `write` refuses a step that
-    is not larger than the last one written. Non-finite values are written as JSON's
+    rewrite); a fresh run (`start_step=0`) starts an empty file, even if an earlier run
+    that died before its first checkpoint left lines (step 0 included). So the file never
+    holds two lines for a step; `write` refuses a step not after the last one written. Non-finite values are written as JSON's
     NaN / Infinity (Python's `json` reads them). TensorBoard event files go to
     `<workdir>/tensorboard` (tf.summary); points past `start_step` from the dead run stay
     in the older event file, so the JSONL is the record of truth. Only scalar values are
@@ -96,7 +97,7 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
 
 
 def _read_lines(path: pathlib.Path, start_step: int) -> tuple[list[str], bool]:
-  """Lines of `path` with step <= start_step, and whether any line was dropped."""
+  """Lines of `path` with step <= start_step (none if 0), and whether any was dropped."""
   kept, dropped = [], False
   for line in path.read_text().splitlines():
     try:
@@ -104,7 +105,7 @@ def _read_lines(path: pathlib.Path, start_step: int) -> tuple[list[str], bool]:
     except (ValueError, KeyError, TypeError):
       dropped = True  # A torn line of a process killed mid-write.
       continue
-    if step <= start_step:
+    if 0 < start_step and step <= start_step:  # A fresh run (start_step 0) keeps nothing.
       kept.append(line)
     else:
       dropped = True
@@ -127,7 +128,7 @@ class MetricsWriter:
     Args:
       workdir: the run's directory.
       start_step: the step the run starts from (0, or the restored checkpoint's step);
-        lines of later steps are dropped from an existing metrics.jsonl.
+        lines of later steps (with 0: all lines) are dropped from an existing file.
       is_primary: True on the process that writes (jax.process_index() == 0).
       tensorboard: also write TensorBoard event files.
     """
