@@ -139,3 +139,15 @@ def test_window_logger_with_a_nominal_peak_and_no_flops():
   no_flops = reporting.WindowLogger(log_every=2, log_fn=lines.append, **kw)
   no_flops.update(1, {'loss': 1.0})
   assert math.isnan(no_flops.update(2, {'loss': 1.0})['mfu']) and 'MFU n/a' in lines[-1]
+
+
+def test_progress_bar_only_when_asked(capsys):
+  for progress in (True, False):
+    logger = reporting.WindowLogger(
+      log_every=5, total_steps=10, examples_per_step=1, progress=progress, log_fn=lambda _: None
+    )
+    for step in (1, 2):
+      logger.update(step, {'loss': 1.0})
+    bar = capsys.readouterr().err
+    # The first step draws at once (later ones at most every 0.5 s).
+    assert ('[###' in bar and '1/10' in bar) if progress else bar == ''

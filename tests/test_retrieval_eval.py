@@ -170,10 +170,34 @@ class _LookupModel(nn.Module):
     return self.query_table[jnp.minimum(row, self.query_keys.shape[0] - 1)]
 
 
-def test_perfect_embeddings_give_recall_one(config, text, builder):
-  evaluator = retrieval_eval.RetrievalEvaluator(
+@pytest.fixture(scope='module')
+def test_split_evaluator(config, text, builder):
+  # Batches of 48 and chunks of 96 over 1000 products: padded batches, a merge per chunk.
+  return retrieval_eval.RetrievalEvaluator(
     config, text, builder, 'test', max_queries=100, ks=KS, batch_size=48, search_chunk=96
   )
+
+
+def test_equal_scores_go_to_the_lower_product_id(test_split_evaluator):
+  evaluator = test_split_evaluator
+  one_key = np.zeros(1, np.int32)  # Every title and query maps to row 0: all scores tie.
+  params = {
+    'title_keys': one_key,
+    'product_table': np.ones((1, 4), np.float32) / 2,
+    'query_keys': one_key,
+    'query_table': np.ones((1, 4), np.float32) / 2,
+  }
+  model = _LookupModel()
+  rows = evaluator.search(
+    evaluator.embed_queries(model, params), evaluator.embed_products(model, params)
+  )
+  lowest = np.sort(evaluator.product_ids)[: max(KS)]
+  assert rows.shape == (evaluator.num_queries, max(KS))
+  assert (evaluator.product_ids[rows] == lowest).all()
+
+
+def test_perfect_embeddings_give_recall_one(test_split_evaluator):
+  evaluator = test_split_evaluator
   # Query q's embedding is e_q; a product's is the normalised sum of e_q over the queries
   # that target it, so a query scores its targets > 0 and every other product 0.
   title_keys = np.asarray(_key(evaluator.products['title_ids']))
