@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -68,9 +69,11 @@ def test_tensorboard_events_hold_the_scalars(tmp_path):
 
 
 def test_non_finite_metric_raises_with_step_and_term():
-  reporting.check_finite({'loss': 1.0, 'qpm': np.float32(0.5), 'name': 'x'}, step=7)
+  ok = {'loss': 1.0, 'qpm': jnp.bfloat16(0.5), 'name': 'x', 'none': None, 'acc': jnp.ones(3)}
+  reporting.check_finite(ok, step=7)
+  bad = {'loss': 1.0, 'qpm': jnp.array(jnp.nan, jnp.bfloat16), 'mlm': np.inf}
   with pytest.raises(FloatingPointError, match=r'step 120: qpm=nan, mlm=inf') as e:
-    reporting.check_finite({'loss': 1.0, 'qpm': float('nan'), 'mlm': np.inf}, step=120)
+    reporting.check_finite(bad, step=120)
   assert 'loss=' not in str(e.value)
 
 

@@ -82,6 +82,8 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
   """
   bad = []
   for k, v in metrics.items():
+    if v is None or isinstance(v, str | bytes):
+      continue
     try:
       a = np.asarray(v, np.float64)
     except (TypeError, ValueError):
