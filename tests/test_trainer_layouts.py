@@ -4,7 +4,9 @@ A user moving a run from one device to eight, or from pmap to pjit with the para
 sharded, relies on getting the run one device would have made with the global batch. Here
 `train_and_evaluate` runs 20 steps of the tiny config on 8 fake CPU devices in each layout
 (pjit with replicated parameters and with parameters sharded over `data`, FSDP) and every
-step's loss and loss terms are compared with 'single' (relative 1e-5).
+step's loss and loss terms are compared with 'single' (relative 1e-5). A checkpoint written
+by the pmap layout on 8 devices is restored into pjit with sharded parameters and into
+'single' on one device, and must give back the same state.
 """
 
 import jax
@@ -28,7 +30,7 @@ def _run(prepared, tmp_path, parallelism, param_sharding='replicated'):
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = parallelism
   config.param_sharding = param_sharding
-  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}')
+  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}', stop_at=20)
   assert [h['step'] for h in out['history']] == list(range(1, 21))
   return out['history']
 
@@ -58,8 +60,7 @@ def test_a_pmap_checkpoint_restores_into_pjit_and_single(prepared, tmp_path):
   """A run moves between layouts and device counts: the same state comes back placed anew."""
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = 'pmap'
-  config.train.num_steps = 2
-  loop.train_and_evaluate(config, tmp_path)
+  loop.train_and_evaluate(config, tmp_path, stop_at=2)
   saved, step = checkpoint.latest_params(tmp_path, config)
   assert step == 2
   model = make_model.build_model(config)

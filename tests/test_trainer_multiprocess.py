@@ -37,6 +37,7 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path_factory, tmp_
     f'--workdir={workdir}',
     f'--coordinator_address=127.0.0.1:{_free_port()}',
     '--num_processes=2',
+    '--stop_at=20',
   ]
   logs = [open(tmp_path / f'log{i}.txt', 'w') for i in range(2)]
   procs = [
@@ -66,7 +67,8 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path_factory, tmp_
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = 'pjit'
   config.data.input_shards = 2
-  want = {h['step']: h for h in loop.train_and_evaluate(config, tmp_path / 'one')['history']}
+  one = loop.train_and_evaluate(config, tmp_path / 'one', stop_at=20)
+  want = {h['step']: h for h in one['history']}
   for step in range(1, 21):
     for k in TERMS:
       np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-5, err_msg=f'{step} {k}')

@@ -27,6 +27,7 @@ TMP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
 def _start(workdir, prepared, log):
   flags = trainer_testlib.train_flags(*prepared, num_steps=60, checkpoint_every=10)
+  # The schedule of a 60-step run (CDNS on from step 0, the queue filling up).
   return subprocess.Popen(
     [sys.executable, '-m', 'tools.train', f'--workdir={workdir}', *flags],
     cwd=trainer_testlib.ROOT,
