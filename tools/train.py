@@ -27,6 +27,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process, in [0, num_processes).')
+_HEARTBEAT = flags.DEFINE_integer(
+  'heartbeat_timeout', 100, 'Seconds before a silent process is declared dead (multi-process).'
+)
 _STOP_AT = flags.DEFINE_integer(
   'stop_at', None, 'End after this step (schedules still follow train.num_steps).'
 )
@@ -36,7 +39,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  mesh.initialize_distributed(
+    _COORDINATOR.value,
+    _NUM_PROCESSES.value,
+    _PROCESS_ID.value,
+    heartbeat_timeout_seconds=_HEARTBEAT.value,
+  )
   out = loop.train_and_evaluate(
     _CONFIG.value, _WORKDIR.value, init_from=_INIT_FROM.value, stop_at=_STOP_AT.value
   )
