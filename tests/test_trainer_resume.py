@@ -47,6 +47,7 @@ def _kill_when(proc, condition, deadline):
         return True
       if proc.poll() is not None:
         return False
+      time.sleep(0.001)  # Poll often (a checkpoint write lasts ~0.1 s) without taking a core.
     raise TimeoutError('the trainer did not reach the expected point in time')
   finally:
     if proc.poll() is None:
