@@ -25,16 +25,17 @@ TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_negatives_bank', 'grad_norm'
 TMP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
 
-def _start(workdir, prepared, log):
+def _start(workdir, prepared, log, started):
   flags = trainer_testlib.train_flags(*prepared, num_steps=60, checkpoint_every=10)
-  # The schedule of a 60-step run (CDNS on from step 0, the queue filling up).
-  return subprocess.Popen(
+  proc = subprocess.Popen(
     [sys.executable, '-m', 'tools.train', f'--workdir={workdir}', *flags],
     cwd=trainer_testlib.ROOT,
     env=trainer_testlib.trainer_env(1),
     stdout=log,
     stderr=subprocess.STDOUT,
   )
+  started.append(proc)
+  return proc
 
 
 def _kill_when(proc, condition, deadline):
@@ -59,38 +60,50 @@ def _kill_when(proc, condition, deadline):
 def test_killed_and_restarted_run_equals_an_uninterrupted_one(tmp_path_factory, tmp_path):
   prepared = trainer_testlib.prepare(tmp_path_factory)
   deadline = time.monotonic() + 900
+  started = []
   with open(tmp_path / 'log.txt', 'w') as log:
-    reference = _start(tmp_path / 'reference', prepared, log)
-    assert reference.wait(600) == 0, (tmp_path / 'log.txt').read_text()[-3000:]
-
-    run = tmp_path / 'run'
-    ckpts = run / 'checkpoints'
-    # 1. Killed right after the checkpoint of step 30 is complete.
-    done_30 = lambda: (ckpts / '30' / 'commit_success.txt').exists()
-    assert _kill_when(_start(run, prepared, log), done_30, deadline)
-    assert checkpoint.find_checkpoint(run)[1] == 30
-
-    # 2. Restarted, and killed while a later checkpoint is being written.
-    def writing():
-      return any((m := TMP.match(e.name)) and int(m.group(1)) > 30 for e in os.scandir(ckpts))
-
-    assert _kill_when(_start(run, prepared, log), writing, deadline), 'missed every write'
-    partial = [e.name for e in os.scandir(ckpts) if TMP.match(e.name)]
-    assert partial, 'the checkpoint being written when killed should be left incomplete'
-    complete = sorted(int(e.name) for e in os.scandir(ckpts) if e.name.isdigit())
-    assert complete[-1] >= 30 and int(TMP.match(partial[0]).group(1)) > complete[-1]
-
-    # 3. Restarted: resumes from the newest complete checkpoint and finishes.
-    finish = _start(run, prepared, log)
-    assert finish.wait(600) == 0, (tmp_path / 'log.txt').read_text()[-3000:]
+    try:
+      _run_all(tmp_path, prepared, log, started, deadline)
+    finally:
+      for proc in started:  # Never leave a trainer behind, whatever failed.
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait(30)
 
   want = trainer_testlib.read_metrics(tmp_path / 'reference')
-  got = trainer_testlib.read_metrics(run)
+  got = trainer_testlib.read_metrics(tmp_path / 'run')
   assert sorted(want) == sorted(got) == list(range(1, 61))
   for step in range(31, 61):
     for k in TERMS:
       assert got[step][k] == want[step][k], (step, k, got[step][k], want[step][k])
-  assert checkpoint.find_checkpoint(run)[1] == 60
+  assert checkpoint.find_checkpoint(tmp_path / 'run')[1] == 60
+
+
+def _run_all(tmp_path, prepared, log, started, deadline):
+  """The reference run, then the run killed twice and finished."""
+  reference = _start(tmp_path / 'reference', prepared, log, started)
+  assert reference.wait(600) == 0, (tmp_path / 'log.txt').read_text()[-3000:]
+
+  run = tmp_path / 'run'
+  ckpts = run / 'checkpoints'
+  # 1. Killed right after the checkpoint of step 30 is complete.
+  done_30 = lambda: (ckpts / '30' / 'commit_success.txt').exists()
+  assert _kill_when(_start(run, prepared, log, started), done_30, deadline)
+  assert checkpoint.find_checkpoint(run)[1] == 30
+
+  # 2. Restarted, and killed while a later checkpoint is being written.
+  def writing():
+    return any((m := TMP.match(e.name)) and int(m.group(1)) > 30 for e in os.scandir(ckpts))
+
+  assert _kill_when(_start(run, prepared, log, started), writing, deadline), 'missed every write'
+  partial = [e.name for e in os.scandir(ckpts) if TMP.match(e.name)]
+  assert partial, 'the checkpoint being written when killed should be left incomplete'
+  complete = sorted(int(e.name) for e in os.scandir(ckpts) if e.name.isdigit())
+  assert complete[-1] >= 30 and int(TMP.match(partial[0]).group(1)) > complete[-1]
+
+  # 3. Restarted: resumes from the newest complete checkpoint and finishes.
+  finish = _start(run, prepared, log, started)
+  assert finish.wait(600) == 0, (tmp_path / 'log.txt').read_text()[-3000:]
 
 
 def test_a_non_finite_loss_stops_the_run_before_its_checkpoint(tmp_path_factory, tmp_path):
