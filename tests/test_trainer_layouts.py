@@ -6,16 +6,9 @@ sharded, relies on getting the run one device would have made with the global ba
 (pjit with replicated parameters and with parameters sharded over `data`, FSDP) and every
 step's loss and loss terms are compared with 'single'.
 
-Tolerance, measured (`python -m pytest tests/test_trainer_layouts.py`, float32 on CPU): the
-layouts add the same terms in another order (per-device partial sums, then a psum), and
-Adam turns the rounding noise of near-cancelling gradient sums into full-size steps, so the
-runs drift apart like any chaotic float computation. Steps 1-11 agree within 6e-6
-relative on every term; from step 12 MPM_R (the sharpest term: logits / tau = 0.1) drifts,
-reaching 1.3e-3 relative at step 19 (the other terms stay below 4e-4). The test holds steps
-1-10 to 1e-5 and steps 11-20 to 3e-3: a gradient off by the device count, a missing
-cross-device term or a wrong data split shows at step 1 at the 1e-1 level. A checkpoint written
-by the pmap layout on 8 devices is restored into pjit with sharded parameters and into
-'single' on one device, and must give back the same state.
+Tolerance: `trainer_testlib.rtol` (1e-5 to step 8, then 3e-3; the reasons are there).
+A checkpoint written by the pmap layout on 8 devices is restored into pjit with sharded
+parameters and into 'single' on one device, and must give back the same state.
 """
 
 import jax
@@ -60,7 +53,7 @@ def test_layout_losses_equal_single_device(prepared, single, tmp_path, paralleli
   got = _run(prepared, tmp_path, parallelism, param_sharding)
   assert got[-1]['qpm_negatives_cross_device'] > 0  # Sharded: negatives from other devices.
   for g, w in zip(got, single, strict=True):
-    rtol = 1e-5 if w['step'] <= 10 else 3e-3
+    rtol = trainer_testlib.rtol(w['step'])
     for k in TERMS:
       np.testing.assert_allclose(g[k], w[k], rtol=rtol, err_msg=f'step {w["step"]} {k}')
 

@@ -72,9 +72,11 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path_factory, tmp_
   one = loop.train_and_evaluate(config, tmp_path / 'one', stop_at=20)
   want = {h['step']: h for h in one['history']}
   for step in range(1, 21):
+    # gloo adds across processes in another order than one process does (see rtol).
+    rtol = trainer_testlib.rtol(step)
     for k in TERMS:
-      np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-5, err_msg=f'{step} {k}')
+      np.testing.assert_allclose(got[step][k], want[step][k], rtol=rtol, err_msg=f'{step} {k}')
   # CDNS crosses the process boundary: a query's cross-device negatives are the 14 rows of
   # the other 7 devices (fewer only by accidental hits); within its own process there are
   # only 6 (3 other devices x 2 rows).
-  assert 6 < got[20]['qpm_negatives_cross_device'] <= 14
+  assert all(6 < got[s]['qpm_negatives_cross_device'] <= 14 for s in got)
