@@ -106,6 +106,7 @@ def _run_all(tmp_path, prepared, log, started, deadline):
   assert finish.wait(600) == 0, (tmp_path / 'log.txt').read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_before_its_checkpoint(tmp_path_factory, tmp_path):
   config = trainer_testlib.tiny_config(*trainer_testlib.prepare(tmp_path_factory))
   # Adam moves every weight by ~lr per step: at 1e30 the second forward pass overflows.
