@@ -26,7 +26,7 @@ def _config():
   config.train.num_steps = 4
   config.train.log_every = 2
   config.train.eval_every = 4
-  config.train.eval_max_queries = 100
+  config.train.eval_max_queries = 20
   return config
 
 
@@ -41,7 +41,7 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   assert 0 < metrics['modal_weight_image'] < 1
   assert [e['step'] for e in out['evals']] == [0, 4]
   for e in out['evals']:
-    assert 0 <= e['recall@10'] <= 1 and e['num_queries'] == 100
+    assert 0 <= e['recall@10'] <= 1 and e['num_queries'] == 20
   printed = capsys.readouterr().out
   assert '== 4. Training 4 steps' in printed and 'Held-out Recall@10' in printed
   assert f'step    4: {out["evals"][-1]["recall@10"]:.4f}' in printed
