@@ -15,6 +15,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init, masking and dropout (data shuffling has its own seed).
+  # Layout of the training loop (make_jax/train/layouts.py): 'single' (jax.jit on one
+  # device), 'pmap' (jax.pmap over the local devices), 'pjit' (jax.jit over the `mesh`).
+  c.parallelism = 'single'
+  # 'pjit' placement of params and optimiser state (make_jax/train/state.py): 'replicated',
+  # 'fsdp' (embed dim over `data`), 'tensor' (vocab/mlp/heads over `model`), 'fsdp_tensor'.
+  c.param_sharding = 'replicated'
 
   # --- Data (SPEC section 1) -------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -30,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_epochs = None  # None: repeat forever; the trainer stops at num_steps.
   c.data.image_size = 64  # Images are resized to (image_size, image_size, 3) uint8.
   c.data.worker_count = 0  # Input featurising threads (0: in the calling thread).
+  # Readers the global batch is split into (0: one per process). Fixed, it fixes the data
+  # order whatever the process count (a 1-host run then equals a 2-host one).
+  c.data.input_shards = 0
 
   # --- Text preprocessing (SPEC section 2) -----------------------------------------------
   c.text = ml_collections.ConfigDict()
@@ -110,6 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 50  # Steps between metric logs.
   c.train.checkpoint_every = 1000  # Steps between checkpoints.
   c.train.keep_checkpoints = 3  # Checkpoints kept.
+  c.train.eval_every = 1000  # Steps between held-out Recall@K evaluations (0: none).
+  c.train.eval_split = 'validation'  # Split whose queries are evaluated against the catalogue.
+  c.train.eval_max_queries = 1000  # Distinct queries evaluated (the smallest qids).
 
   # --- Sharding --------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -37,4 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.num_steps = 300
   c.train.log_every = 10
   c.train.checkpoint_every = 100
+  c.train.eval_every = 150
   return c

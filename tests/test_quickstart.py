@@ -1,12 +1,13 @@
 """The README's quickstart end to end on configs/tiny.py: the first thing a new user runs.
 
-It must build the synthetic data, learn and save a vocabulary, train with every configured
-loss and log finite metrics; a later run in the same workdir must reuse the saved vocabulary
-(learning it is not bit-for-bit repeatable across processes), and a model too small for the
+It must build the synthetic data, learn and save a vocabulary, train through the same
+`train_and_evaluate` as `tools.train` with every configured loss, log finite metrics, write
+a checkpoint and print the held-out Recall@10 before and after training; a later run in the
+same workdir must reuse the saved vocabulary (learning it is not bit-for-bit repeatable
+across processes) and resume rather than start again; and a model too small for the
 tokenizer must be refused with a message that says which setting to change.
 """
 
-import json
 import math
 
 import pytest
@@ -15,31 +16,44 @@ from configs import tiny
 from make_jax import quickstart
 from make_jax.datasets import loading
 from make_jax.models import make_model
-from make_jax.train import optimizer
+from make_jax.train import checkpoint, optimizer
 from make_jax.train import step as train_step
+from tests import trainer_testlib
 
 
 def _config():
   config = tiny.get_config()
   config.train.num_steps = 4
   config.train.log_every = 2
+  config.train.eval_every = 4
+  config.train.eval_max_queries = 20
   return config
 
 
 @pytest.mark.slow
-def test_quickstart_trains_logs_and_reuses_its_vocabulary(tmp_path, capsys):
+def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   config = _config()
-  metrics = quickstart.run(config, tmp_path, show=1)
-  for k in ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'grad_norm'):
+  out = quickstart.run(config, tmp_path, show=1)
+  metrics = out['metrics']
+  for k in ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'grad_norm', 'learning_rate'):
     assert math.isfinite(metrics[k]) and metrics[k] > 0, (k, metrics)
   assert metrics['qpm_negatives_bank'] > 0  # The queue filled and fed QPM.
-  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
-  logged = [json.loads(line) for line in lines]
-  assert [m['step'] for m in logged] == [2, 4]
-  assert logged[-1] == pytest.approx({'step': 4, **metrics})
-  assert '== 4. Training 4 steps' in capsys.readouterr().out
+  assert 0 < metrics['modal_weight_image'] < 1
+  assert [e['step'] for e in out['evals']] == [0, 4]
+  for e in out['evals']:
+    assert 0 <= e['recall@10'] <= 1 and e['num_queries'] == 20
+  printed = capsys.readouterr().out
+  assert '== 4. Training 4 steps' in printed and 'Held-out Recall@10' in printed
+  assert f'step    4: {out["evals"][-1]["recall@10"]:.4f}' in printed
+  logged = trainer_testlib.read_metrics(tmp_path)
+  assert sorted(logged) == [2, 4]
+  assert logged[4]['loss'] == pytest.approx(metrics['loss'])
+  assert logged[4]['recall@10'] == out['evals'][-1]['recall@10']
+  assert checkpoint.find_checkpoint(tmp_path)[1] == 4
+  assert (tmp_path / 'config.json').exists() and (tmp_path / 'domain_words.txt').exists()
 
-  # A later run finds <workdir>/vocab.txt and loads it instead of learning a new one.
+  # A later run finds <workdir>/vocab.txt and loads it instead of learning a new one, and
+  # finds the finished checkpoint instead of training again.
   vocab_path = tmp_path / 'vocab.txt'
   saved, mtime = vocab_path.read_bytes(), vocab_path.stat().st_mtime_ns
   assert len(saved.splitlines()) <= config.text.vocab_size
@@ -49,6 +63,8 @@ def test_quickstart_trains_logs_and_reuses_its_vocabulary(tmp_path, capsys):
   text = quickstart.load_or_learn_vocab(config, builder, tmp_path)
   assert vocab_path.read_bytes() == saved and vocab_path.stat().st_mtime_ns == mtime
   assert text.vocab_size == len(saved.splitlines())
+  again = quickstart.run(config, tmp_path, show=0)
+  assert again['history'] == [] and again['evals'][0]['recall@10'] == out['evals'][-1]['recall@10']
 
   # The model's embedding table must cover the tokenizer's vocabulary.
   config.model.vocab_size = text.vocab_size - 1

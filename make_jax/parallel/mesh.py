@@ -20,6 +20,7 @@ def initialize_distributed(
   process_id: int = 0,
   *,
   cpu_collectives: str = 'gloo',
+  heartbeat_timeout_seconds: int = 100,
 ) -> None:
   """Joins a multi-process JAX job; a no-op for one process.
 
@@ -42,7 +43,10 @@ def initialize_distributed(
   if cpu_collectives:
     jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
   jax.distributed.initialize(
-    coordinator_address, num_processes=num_processes, process_id=process_id
+    coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    heartbeat_timeout_seconds=heartbeat_timeout_seconds,
   )
 
 

@@ -1,0 +1,195 @@
+"""What a training run reads: the dataset, its text preprocessor, and sharded host input.
+
+Why a module of its own: the trainer and the quickstart must tokenise exactly as the run
+that wrote a workdir did, and every host must read its own part of each global batch.
+
+* Text: `cfg.text.vocab_path`, else `<workdir>/vocab.txt`, else a vocabulary learned from
+  the training titles and queries and saved there (learning is not bit-for-bit repeatable
+  across processes, so process 0 learns it once and everyone loads the file). The domain
+  dictionary of the dataset (`builder.info.metadata['domain_words']`, when the dataset and
+  `TextPreprocessor` have it) is passed through and written, normalised, to
+  `<workdir>/domain_words.txt`.
+* Input shards: the global batch is made of `cfg.data.input_shards` shards (0: one per
+  process), each an `InputPipeline` reading its own part of the split; a process reads
+  `input_shards / process_count` consecutive shards and concatenates their batches in
+  order. Fixing `input_shards` fixes the data order whatever the number of processes, so a
+  two-process run equals a one-process run batch for batch, and a checkpoint can move to
+  another host count. The checkpointed input position is the list of every shard's state.
+"""
+
+import inspect
+import json
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from make_jax import atomic_file
+from make_jax.input import pipeline as input_pipeline
+from make_jax.text import normalize as normalize_lib
+from make_jax.text import vocab as vocab_lib
+from make_jax.text.preprocess import TextPreprocessor
+
+
+def _text(value: Any) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def corpus(builder: Any, split: str) -> Iterator[str]:
+  """Titles and queries of `split`, read without decoding images."""
+  import tensorflow_datasets as tfds  # Heavy: only when a vocabulary must be learned.
+
+  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  for start in range(0, len(source), 1024):
+    for record in source.__getitems__(list(range(start, min(start + 1024, len(source))))):
+      yield _text(record['title'])
+      yield _text(record['query'])
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (nothing on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def load_text(
+  config: ml_collections.ConfigDict, builder: Any, workdir: str | pathlib.Path
+) -> TextPreprocessor:
+  """The run's `TextPreprocessor` (see the module docstring); process 0 writes the files.
+
+  Raises:
+    ValueError: `cfg.text.vocab_path` is set but does not exist.
+  """
+  workdir = pathlib.Path(workdir)
+  text = config.text
+  path = pathlib.Path(text.vocab_path) if text.vocab_path else workdir / 'vocab.txt'
+  if text.vocab_path and not path.exists():
+    raise ValueError(f'cfg.text.vocab_path {text.vocab_path} does not exist')
+  if not path.exists() and jax.process_index() == 0:
+    logging.info('Learning a %d-token vocabulary into %s', text.vocab_size, path)
+    tokens = vocab_lib.build_vocab(
+      corpus(builder, config.data.train_split), text.vocab_size, strip_accents=text.strip_accents
+    )
+    vocab_lib.save_vocab(tokens, path)
+  sync('vocabulary')
+  kwargs: dict[str, Any] = dict(sort_words=text.sort_words, strip_accents=text.strip_accents)
+  domain_words = builder.info.metadata.get('domain_words', None) if builder.info.metadata else None
+  accepts = 'domain_words' in inspect.signature(TextPreprocessor.from_vocab_file).parameters
+  if domain_words is not None and accepts:
+    kwargs['domain_words'] = tuple(domain_words)
+  preprocessor = TextPreprocessor.from_vocab_file(path, **kwargs)
+  if jax.process_index() == 0:
+    used = getattr(preprocessor, 'domain_words', None)
+    if used is None:
+      used = kwargs.get('domain_words', ())
+    if not path.parent.samefile(workdir) or path.name != 'vocab.txt':
+      atomic_file.write_bytes(workdir / 'vocab.txt', path.read_bytes())
+    words = '\n'.join(sorted({normalize_lib.normalize(w).strip() for w in used} - {''}))
+    atomic_file.write_bytes(workdir / 'domain_words.txt', (words + '\n' if words else '').encode())
+  return preprocessor
+
+
+def num_input_shards(config: ml_collections.ConfigDict) -> int:
+  """Shards of the global batch (cfg.data.input_shards; 0: one per process).
+
+  Raises:
+    ValueError: not a multiple of the process count, or the batch does not split over it.
+  """
+  shards = int(config.data.get('input_shards', 0)) or jax.process_count()
+  if shards % jax.process_count():
+    raise ValueError(
+      f'data.input_shards={shards} is not a multiple of the {jax.process_count()} processes'
+    )
+  input_pipeline.host_batch_size(config.data.global_batch_size, shards)
+  return shards
+
+
+class ShardedInput:
+  """This process's input shards, batched together; position = every shard's state."""
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    encoder: TextPreprocessor,
+    builder: Any,
+    *,
+    local_device_count: int,
+  ):
+    self.num_shards = num_input_shards(config)
+    per_process = self.num_shards // jax.process_count()
+    input_pipeline.host_batch_size(
+      config.data.global_batch_size, jax.process_count(), local_device_count
+    )
+    first = jax.process_index() * per_process
+    self.shard_ids = list(range(first, first + per_process))
+    self.pipelines = [
+      input_pipeline.create_pipeline(
+        config,
+        encoder,
+        builder=builder,
+        process_index=shard,
+        process_count=self.num_shards,
+        local_device_count=1,
+      )
+      for shard in self.shard_ids
+    ]
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(p) for p in self.pipelines]
+    if len(batches) == 1:
+      return batches[0]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def __iter__(self):
+    return self
+
+  def local_states(self) -> list[dict[str, Any]]:
+    """This process's shards' positions, in shard order."""
+    return [p.get_state() for p in self.pipelines]
+
+  def global_states(self) -> list[dict[str, Any]]:
+    """Every shard's position (gathered from all processes; a collective)."""
+    local = self.local_states()
+    if jax.process_count() == 1:
+      return local
+    data = np.frombuffer(json.dumps(local).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[: data.size] = data
+    everything = multihost_utils.process_allgather(padded)
+    out = []
+    for row, size in zip(np.asarray(everything), np.asarray(sizes).reshape(-1), strict=True):
+      out.extend(json.loads(bytes(row[: int(size)]).decode()))
+    return out
+
+  def restore(self, states: list[dict[str, Any]]) -> None:
+    """Continues from `global_states()` of a checkpoint with the same number of shards.
+
+    Raises:
+      ValueError: the checkpoint was written with another number of input shards.
+    """
+    if len(states) != self.num_shards:
+      raise ValueError(
+        f'The checkpoint has {len(states)} input shards but this run reads '
+        f'{self.num_shards}: set data.input_shards={len(states)} to resume it'
+      )
+    for shard, pipeline in zip(self.shard_ids, self.pipelines, strict=True):
+      pipeline.set_state(states[shard])
+
+  @property
+  def stats(self) -> dict[str, int]:
+    """Records skipped so far by this process, by reason."""
+    total: dict[str, int] = {}
+    for p in self.pipelines:
+      for k, v in p.stats.items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+  def close(self) -> None:
+    for p in self.pipelines:
+      p.close()
