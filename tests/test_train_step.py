@@ -103,11 +103,13 @@ def _build(config):
 
 
 def _run(step_fn, state, batches):
-  metrics = []
+  """(final state, per-step metrics, state after the first step), all on the host."""
+  metrics, first = [], None
   for b in batches:
     state, m = step_fn(state, b)
     metrics.append(m)
-  return jax.device_get(state), jax.device_get(metrics)
+    first = jax.device_get(state) if first is None else first
+  return jax.device_get(state), jax.device_get(metrics), first
 
 
 def _split(tree):
@@ -138,12 +140,11 @@ def _run_pmap(setup, batches, reduce=None, monkeypatch=None):
     train_step.make_train_step(model, tx, config, Tokens(), axis_name='data'), axis_name='data'
   )
   inputs = [_pmap_inputs(state, b) for b in batches]
-  state, metrics = _run(step_fn, inputs[0][0], [b for _, b in inputs])
-  state, metrics = _keys_as_data((state, metrics))
-  # Every device must hold the same state and report the same global metrics.
-  for leaf in jax.tree.leaves((state, metrics)):
+  out = _keys_as_data(_run(step_fn, inputs[0][0], [b for _, b in inputs]))
+  # Every device must hold the same states and report the same global metrics.
+  for leaf in jax.tree.leaves(out):
     np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
-  return jax.tree.map(lambda a: a[0], (state, metrics))
+  return jax.tree.map(lambda a: a[0], out)
 
 
 def _run_shard_map(setup, batches):
@@ -183,12 +184,11 @@ def _zero_grad_leaves(opt_state):
 def _moment_mismatches(g_state, w_state):
   """Paths of Adam-moment leaves where run `g_state` differs from the reference `w_state`.
 
-  The moments are the gradients before the optimiser's normalisation (after two steps mu mixes
-  both steps' gradients, nu their squares), so a reduction off by a factor shows in every leaf
-  that has a gradient: a pmean leaves 1/8 of mu and 1/64 of nu. Tolerance per leaf: 1e-3 of
-  its own largest entry (summation-order noise, plus the second step's gradient taken at
-  parameters Adam moved by noise-amplified steps) plus 1e-6 of the moment's largest entry
-  over all parameters (the floor for zero-gradient leaves).
+  Compared after one step, the moments are the reduced gradient before the optimiser's
+  normalisation (mu = (1 - b1) g, nu = (1 - b2) g^2), so a reduction off by a factor shows in
+  every leaf that has a gradient: a pmean leaves 1/8 of mu and 1/64 of nu. Tolerance per leaf:
+  1e-3 of its own largest entry (summation-order noise is ~1e-6) plus 1e-6 of the moment's
+  largest entry over all parameters (the floor for zero-gradient leaves).
   """
   bad = []
   for moment in ('mu', 'nu'):
@@ -209,14 +209,18 @@ def _assert_same(got, want, lr):
 
   The sharded runs add the same terms in another order (per-device partial sums, then a psum):
   - metrics: rtol 1e-5 at step 1, 1e-3 after it (see below); the queue: atol 2e-4;
-  - Adam's moments, i.e. the reduced gradients: `_moment_mismatches` (the check a wrong
-    reduction fails; test_comparison_catches_a_pmean_of_the_gradients shows it does);
-  - parameters, where the gradient is non-zero: within 0.1 * lr (observed 0.01 * lr). AdamW
+  - Adam's moments after the FIRST step, i.e. the reduced gradients of both runs at the same
+    parameters: `_moment_mismatches` (the check a wrong reduction fails;
+    test_comparison_catches_a_pmean_of_the_gradients shows it does). After the second step
+    the gradients were taken at parameters that Adam's first step already moved apart where
+    a gradient is rounding noise, so the moments are compared where the comparison is exact;
+  - parameters, where the gradient is non-zero: 99% of entries within 0.1 * lr (observed
+    0.01 * lr), every entry within Adam's largest step difference. AdamW
     divides a gradient by its own RMS, so parameters cannot show a reduction off by a constant
     factor; this only checks that the same update was applied. Where the true gradient is zero
     Adam turns rounding noise into steps of up to ~lr, so those leaves are not compared.
   """
-  (g_state, g_metrics), (w_state, w_metrics) = got, want
+  (g_state, g_metrics, g_first), (w_state, w_metrics, w_first) = got, want
   rtol = 1e-5
   for g, w in zip(g_metrics, w_metrics, strict=True):
     assert set(g) == set(w)
@@ -243,8 +247,9 @@ def _assert_same(got, want, lr):
     *(optax.tree.get_all_with_path(s.opt_state, 'count') for s in (g_state, w_state)), strict=True
   ):
     np.testing.assert_array_equal(g, w)
-  bad = _moment_mismatches(g_state, w_state)
+  bad = _moment_mismatches(g_first, _keys_as_data(w_first))
   assert not bad, f'gradients differ (Adam moments): {bad}'
+  diffs = []
   for (path, g), (_, w), (_, zero) in zip(
     leaves(g_state.params),
     leaves(w_state.params),
@@ -252,7 +257,15 @@ def _assert_same(got, want, lr):
     strict=True,
   ):
     if not zero:
-      np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * lr, err_msg=f'params{path}')
+      diff = np.abs(np.asarray(g) - np.asarray(w)).ravel()
+      # Adam moves an entry by at most ~lr a step, whatever its gradient.
+      assert diff.max() <= 2.2 * lr * int(w_state.step), f'params{path}: {diff.max()}'
+      diffs.append(diff)
+  # An entry whose own gradient is rounding noise can take an Adam step of up to ~lr either
+  # way even inside a leaf that has a gradient (observed: 1 of 16 GroupNorm biases, 1 of 576
+  # kernel entries); over all parameters 99% of entries are within 0.1 lr.
+  diffs = np.concatenate(diffs)
+  assert np.mean(diffs > 0.1 * lr) <= 0.01, f'{np.mean(diffs > 0.1 * lr):.4f} of params differ'
 
 
 @pytest.fixture(scope='module')
@@ -266,7 +279,7 @@ def reference(setup):
 @pytest.mark.slow
 def test_pmap_step_equals_single_device(setup, reference):
   batches, want = reference
-  w_state, w_metrics = want
+  w_state, w_metrics, _ = want
   # The comparison is not vacuous: the queue holds both batches, every term is active,
   # queries see cross-device and queue negatives, and the parameters moved.
   assert bool(np.all(w_state.bank.valid)) and int(w_state.step) == 2
@@ -300,11 +313,11 @@ def test_comparison_catches_a_pmean_of_the_gradients(setup, reference, monkeypat
   # The state comparison alone catches it, through the moments of every parameter that has
   # a gradient.
   with pytest.raises(AssertionError, match=r'gradients differ \(Adam moments\)'):
-    _assert_same((got[0], want[1]), want, lr)
+    _assert_same((got[0], want[1], got[2]), want, lr)
   # Every leaf whose gradient stands clear of the zero-gradient floor fails it (a pmean leaves
   # 1/8 of mu), and those are most of the model.
-  bad = _moment_mismatches(got[0], _keys_as_data(want[0]))
-  mu = optax.tree.get(want[0].opt_state, 'mu')
+  bad = _moment_mismatches(got[2], _keys_as_data(want[2]))
+  mu = optax.tree.get(want[2].opt_state, 'mu')
   clear = [
     f'opt_state.mu{jax.tree_util.keystr(path)}'
     for path, m in jax.tree_util.tree_leaves_with_path(mu)

@@ -17,7 +17,6 @@ that wrote a workdir did, and every host must read its own part of each global b
   another host count. The checkpointed input position is the list of every shard's state.
 """
 
-import inspect
 import json
 import pathlib
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from jax.experimental import multihost_utils
 
 from make_jax import atomic_file
 from make_jax.input import pipeline as input_pipeline
-from make_jax.text import normalize as normalize_lib
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -77,19 +75,18 @@ def load_text(
     )
     vocab_lib.save_vocab(tokens, path)
   sync('vocabulary')
-  kwargs: dict[str, Any] = dict(sort_words=text.sort_words, strip_accents=text.strip_accents)
-  domain_words = builder.info.metadata.get('domain_words', None) if builder.info.metadata else None
-  accepts = 'domain_words' in inspect.signature(TextPreprocessor.from_vocab_file).parameters
-  if domain_words is not None and accepts:
-    kwargs['domain_words'] = tuple(domain_words)
-  preprocessor = TextPreprocessor.from_vocab_file(path, **kwargs)
+  domain_words = tuple((builder.info.metadata or {}).get('domain_words', ()))
+  preprocessor = TextPreprocessor.from_vocab_file(
+    path,
+    sort_words=text.sort_words,
+    strip_accents=text.strip_accents,
+    domain_words=domain_words,
+  )
   if jax.process_index() == 0:
-    used = getattr(preprocessor, 'domain_words', None)
-    if used is None:
-      used = kwargs.get('domain_words', ())
     if not path.parent.samefile(workdir) or path.name != 'vocab.txt':
       atomic_file.write_bytes(workdir / 'vocab.txt', path.read_bytes())
-    words = '\n'.join(sorted({normalize_lib.normalize(w).strip() for w in used} - {''}))
+    # The dictionary as the segmenter holds it (normalised, sorted): serving must use it too.
+    words = '\n'.join(preprocessor.domain_words)
     atomic_file.write_bytes(workdir / 'domain_words.txt', (words + '\n' if words else '').encode())
   return preprocessor
 
