@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from make_jax.datasets import fashion, synthetic
+from make_jax.datasets import fashion, fashion_products, synthetic
 from make_jax.text import TextPreprocessor, build_vocab, qid_of_words
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import segment as segment_lib
@@ -111,14 +111,15 @@ def test_words_rejoined_in_shuffled_order_keep_their_qid(queries, sorted_words):
 
 
 def _catalogue_domain_words():
-  """What a builder records: the attribute values of the fashion and synthetic catalogues."""
+  """What the builders record in `info.metadata['domain_words']`: both catalogues' values."""
   with zipfile.ZipFile(os.path.join(SHARED_DATA, 'fashion-product-images-small.zip')) as zf:
     rows, _ = fashion.read_styles(zf.read(fashion.STYLES_PATH))
-  entries = set(fashion.brand_of_titles([r['title'] for r in rows]))
-  for column in ('masterCategory', 'subCategory', 'articleType', 'baseColour', 'usage'):
-    entries.update(r[column] for r in rows)
-  for table in (synthetic.COLOURS, synthetic.PATTERNS, synthetic.CATEGORIES, synthetic.BRANDS):
-    entries.update(w for row in table for w in row[:2])
+  brands, _ = fashion.brand_of_titles([r['title'] for r in rows], [r['baseColour'] for r in rows])
+  for row, brand in zip(rows, brands, strict=True):
+    row['brand'] = brand
+  entries = set(fashion_products.domain_words(rows))
+  for language in ('en', 'zh'):
+    entries.update(synthetic.domain_words(language))
   return sorted(entries)
 
 

@@ -102,9 +102,10 @@ class Catalogue:
     """
     with zipfile.ZipFile(path) as zf:
       products, _ = fashion.read_styles(zf.read(fashion.STYLES_PATH))
-    for p, brand in zip(
-      products, fashion.brand_of_titles([p['title'] for p in products]), strict=True
-    ):
+    brands, _ = fashion.brand_of_titles(
+      [p['title'] for p in products], [p['baseColour'] for p in products]
+    )
+    for p, brand in zip(products, brands, strict=True):
       p['brand'] = brand
     if limit is not None:
       products = products[:limit]
