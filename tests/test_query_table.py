@@ -14,6 +14,7 @@ from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
 from make_jax.export import model_handler, query_table, querylog
 from make_jax.models import make_model
+from make_jax.text import build_vocab, save_vocab
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
 from tests.conftest import SHARED_DATA
@@ -129,3 +130,18 @@ def test_real_taobao_queries_one_row_per_word_sequence_found_in_any_order(setup,
     row = table.lookup(shuffled)
     assert row is not None and row['qid'] == querylog.key_qid(querylog.words_key(w))
     assert text.words(row['surface']) == sorted(w)
+
+
+def test_query_keys_use_the_runs_domain_dictionary(tmp_path):
+  """With the trainer's domain_words.txt beside the vocabulary, a brand stays one word."""
+  vocab = tmp_path / 'vocab.txt'
+  save_vocab(build_vocab(['red chief shoes', 'nike tee'], 64), vocab)
+  config = tiny.get_config()
+  assert querylog.text_preprocessor(config, str(vocab)).words('Red Chief shoes') == [
+    'chief',
+    'red',
+    'shoes',
+  ]
+  (tmp_path / 'domain_words.txt').write_text('red chief\n', encoding='utf-8')
+  text = querylog.text_preprocessor(config, str(vocab))
+  assert text.words('Red Chief shoes') == ['red chief', 'shoes']

@@ -7,6 +7,7 @@ cannot be read, or whose query has no words, is skipped and counted. Of the surf
 one key the most frequent is kept for display (ties: the smallest string, so reruns agree).
 """
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,10 +49,26 @@ def key_qid(key: str) -> int:
   return qid_lib.qid_of_words(key.split(KEY_SEPARATOR))
 
 
+DOMAIN_WORDS_FILE = 'domain_words.txt'
+
+
 def text_preprocessor(config: ml_collections.ConfigDict, vocab_path: str) -> TextPreprocessor:
-  """The training tokenizer of `config.text` over the vocabulary file `vocab_path`."""
+  """The training tokenizer of `config.text` over the vocabulary file `vocab_path`.
+
+  The segmenter gets the run's domain dictionary: `domain_words.txt` beside the vocabulary,
+  one entry a line, as the trainer writes both into its workdir. A query's words, and so its
+  key and qid, are then the ones training and serving give it.
+  """
+  path = os.path.join(os.path.dirname(vocab_path), DOMAIN_WORDS_FILE)
+  domain_words: tuple[str, ...] = ()
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      domain_words = tuple(line.rstrip('\n') for line in f if line.strip())
   return TextPreprocessor.from_vocab_file(
-    vocab_path, sort_words=config.text.sort_words, strip_accents=config.text.strip_accents
+    vocab_path,
+    sort_words=config.text.sort_words,
+    strip_accents=config.text.strip_accents,
+    domain_words=domain_words,
   )
 
 
