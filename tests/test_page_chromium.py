@@ -34,8 +34,9 @@ from configs import tiny
 from make_jax.serving import filters, index, search, server, service
 from make_jax.text.preprocess import TextPreprocessor
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
+# Debian's paths; MAKE_CHROMIUM / MAKE_CHROMEDRIVER name others.
+CHROMIUM = os.environ.get('MAKE_CHROMIUM', '/usr/bin/chromium')
+CHROMEDRIVER = os.environ.get('MAKE_CHROMEDRIVER', '/usr/bin/chromedriver')
 TABLE_QUERY = 'best sellers'
 
 
