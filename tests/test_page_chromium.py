@@ -9,10 +9,11 @@ Chromium and its driver are Debian's (`apt-get install chromium chromium-driver`
 `setup.sh` does when run as root): Selenium is given both paths, so Selenium Manager never
 runs and nothing is downloaded. Without them the test skips, unless `CI` is set (fails).
 
-The searcher is real (the tiny config's synthetic catalogue with its PNG images, exact
-index, dict table, Dirichlet modal weights) with the hashing query encoder of
-test_server.py: compiling the random model of `service.demo_searcher` costs more than
-this test's budget on 2 CPU cores, and the page does not depend on the model.
+The server and searcher are test_server.py's fixtures: the real server on a loopback port
+over a real searcher (a 300-product synthetic catalogue with its PNG images, exact index,
+dict table, Dirichlet modal weights) with a hashing query encoder: compiling the random
+model of `service.demo_searcher` costs more than this test's budget on 2 CPU cores (its
+init alone took ~100 s here), and the page does not depend on the model.
 Set MAKE_PAGE_SCREENSHOT=docs/img/search_page.png to refresh the docs' screenshot.
 """
 
@@ -21,23 +22,17 @@ import json
 import os
 import pathlib
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-import uvicorn
-from test_server import HashingEncoder
 
-from configs import tiny
-from make_jax.serving import filters, index, search, server, service
-from make_jax.text.preprocess import TextPreprocessor
+# The real server over test_server.py's searcher (fixtures `searcher`, `service`).
+from test_server import searcher, service  # noqa: F401
 
 # Debian's paths; MAKE_CHROMIUM / MAKE_CHROMEDRIVER name others.
 CHROMIUM = os.environ.get('MAKE_CHROMIUM', '/usr/bin/chromium')
 CHROMEDRIVER = os.environ.get('MAKE_CHROMEDRIVER', '/usr/bin/chromedriver')
-TABLE_QUERY = 'best sellers'
+TABLE_QUERY = 'cached query'  # The one entry of test_server.py's dict table.
 
 
 def _browser_or_skip():
@@ -57,45 +52,6 @@ def _browser_or_skip():
       pytest.fail(reason)
     pytest.skip(reason)
   return webdriver
-
-
-@pytest.fixture(scope='module')
-def searcher():
-  catalogue = service.catalogue_for_config(tiny.get_config(), limit=300)
-  pre = TextPreprocessor.from_corpus(catalogue.titles, 300)
-  rng = np.random.default_rng(0)
-  emb = rng.standard_normal((len(catalogue), 16)).astype(np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  relevance = filters.RelevanceControl(catalogue.restricted_columns())
-  top = np.arange(10, 20)
-  table = index.DictTable({pre.qid(TABLE_QUERY): (catalogue.ids[top], np.linspace(1, 0.5, 10))})
-  return search.Searcher(
-    catalogue,
-    pre,
-    filters.FilteredSearch(index.ExactIndex(emb), emb, relevance.inverted),
-    relevance,
-    encoder=HashingEncoder(),
-    table=table,
-    modal_weights=rng.dirichlet([2, 2], len(catalogue)).astype(np.float32),
-  )
-
-
-@pytest.fixture(scope='module')
-def port(searcher):
-  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-  sock.bind(('127.0.0.1', 0))
-  config = uvicorn.Config(server.create_app(searcher), log_level='warning', lifespan='off')
-  srv = uvicorn.Server(config)
-  thread = threading.Thread(target=srv.run, kwargs={'sockets': [sock]}, daemon=True)
-  thread.start()
-  deadline = time.monotonic() + 30
-  while not srv.started:
-    assert time.monotonic() < deadline, 'server did not start'
-    time.sleep(0.05)
-  yield sock.getsockname()[1]
-  srv.should_exit = True
-  thread.join(timeout=10)
-  sock.close()
 
 
 @pytest.fixture(scope='module')
@@ -200,7 +156,8 @@ def _check_cards(cards, answer: dict) -> None:
     )
 
 
-def test_search_page_in_chromium(browser, port, searcher, tmp_path):
+def test_search_page_in_chromium(browser, service, searcher, tmp_path):  # noqa: F811
+  port, _ = service
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
 
