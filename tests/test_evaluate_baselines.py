@@ -88,7 +88,7 @@ def minilm():
 
   if not (bert_import.default_checkpoint_dir() / 'model.safetensors').is_file():
     pytest.skip('all-MiniLM-L6-v2 is not installed')
-  return baselines.MiniLM(batch_size=8)
+  return baselines.MiniLM(batch_size=8, cache_size=0)
 
 
 def test_minilm_ranks_the_tiny_catalogue(minilm):
@@ -105,6 +105,14 @@ def test_minilm_ranks_the_tiny_catalogue(minilm):
     es, sources.rankings_of(es.queries, ids), ks=(3,), bootstrap_samples=0
   )
   assert r['overall']['recall@3'] >= 0.75, r['per_query']
+  # The text cache gives what encoding gives, in the caller's order, repeats included.
+  minilm.cache_size = 2
+  try:
+    cached = minilm(['red shoes', 'watch', 'red shoes', 'belt'])
+  finally:
+    minilm.cache_size, minilm._cache = 0, {}
+  np.testing.assert_allclose(cached[[0, 2]], np.concatenate([alone, alone]), atol=1e-5)
+  np.testing.assert_allclose(cached[[1, 3]], minilm(['watch', 'belt']), atol=1e-5)
 
 
 def test_results_driver_writes_scored_rows(tmp_path):

@@ -90,7 +90,12 @@ def bm25_rankings(
 class MiniLM:
   """all-MiniLM-L6-v2 sentence embeddings in JAX (mean pooled, L2-normalised, [n, 384])."""
 
-  def __init__(self, checkpoint_dir: str | pathlib.Path | None = None, batch_size: int = 256):
+  def __init__(
+    self,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    batch_size: int = 256,
+    cache_size: int = 1 << 20,
+  ):
     """Imports the checkpoint into a `TextEncoder` and loads its tokenizer.
 
     Raises:
@@ -138,6 +143,8 @@ class MiniLM:
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(self.max_len)
     self.batch_size = batch_size
+    self.cache_size = cache_size
+    self._cache: dict[str, np.ndarray] = {}
 
     def embed(params, ids, mask):
       out = encoder.apply({'params': params}, ids, mask)
@@ -150,10 +157,26 @@ class MiniLM:
   def __call__(self, texts: Sequence[str]) -> np.ndarray:
     """float32 [len(texts), hidden] unit-norm embeddings, in the order of `texts`.
 
-    Texts are encoded in batches of similar length, padded to a power of two (>= 16), so
-    a few compilations serve any number of texts.
+    Each distinct text is encoded once and kept (`cache_size` texts at most): catalogues
+    repeat titles, and the hide_colour catalogue shares most titles with the default
+    one. Texts are encoded in batches of similar length, padded to a power of two
+    (>= 16), so a few compilations serve any number of texts.
     """
-    encodings = self.tokenizer.encode_batch(list(texts))
+    texts = list(texts)
+    todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+    if todo:
+      for text, emb in zip(todo, self._encode(todo), strict=True):
+        if len(self._cache) < self.cache_size:
+          self._cache[text] = emb
+    missing = [t for t in texts if t not in self._cache]  # Past the cache's size.
+    extra = dict(zip(missing, self._encode(missing), strict=True)) if missing else {}
+    out = np.zeros((len(texts), self.cfg.hidden_size), np.float32)
+    for i, t in enumerate(texts):
+      out[i] = self._cache[t] if t in self._cache else extra[t]
+    return out
+
+  def _encode(self, texts: list[str]) -> np.ndarray:
+    encodings = self.tokenizer.encode_batch(texts)
     lengths = np.asarray([len(e.ids) for e in encodings])
     out = np.zeros((len(texts), self.cfg.hidden_size), np.float32)
     order = np.argsort(lengths, kind='stable')
