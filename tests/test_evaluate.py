@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from make_jax.evaluation import eval_set as eval_set_lib
-from make_jax.evaluation import evaluate, sources
+from make_jax.evaluation import evaluate, metrics, sources
 
 INTENTS = {'query_brand': 'brand', 'query_category': 'articleType', 'query_colour': 'baseColour'}
 CATALOGUE = [
@@ -204,3 +204,23 @@ def test_search_embeddings_and_query_alignment_by_qid(tmp_path):
     sources.align_queries(es, q_ids, q_emb)
   rows, emb = sources.align_queries(es, q_ids, q_emb, allow_missing=True)
   assert rows.tolist() == [0, 2] and emb.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_single_generation_p_rel_and_p_cate_equal_the_in_training_metrics():
+  # The in-training evaluator (train/retrieval_eval.py) scores with metrics.p_rel_at_k /
+  # p_cate_at_k; with one generation per query the offline judge must agree with them.
+  es = _eval_set()
+  rows = np.array([[1, 4, 2, 0, 3], [4, 1, 2, 3, 0], [3, 2, 1, 0, 4]])
+  rankings = sources.rankings_of(es.queries, es.product_ids[rows])
+  r = evaluate.evaluate_rankings(es, rankings, ks=(1,), judged_ks=(1, 3, 10), bootstrap_samples=0)
+  names = sorted({a for g in es.generations for a, _ in g[0]})
+  constraints = {a: [dict(g[0]).get(a, '') for g in es.generations] for a in names}
+  retrieved = {a: es.attributes[a][rows] for a in names}
+  want_rel = metrics.p_rel_at_k(retrieved, constraints, (1, 3, 10))
+  cats = es.query_categories()
+  want_cate = metrics.p_cate_at_k(es.attributes['articleType'][rows], cats, (1, 3, 10))
+  for q, row in enumerate(r['per_query']):
+    for j, k in enumerate((1, 3, 10)):
+      assert row[f'p_rel@{k}'] == pytest.approx(want_rel[q, j])
+      want = want_cate[q, j]
+      assert (row[f'p_cate@{k}'] is None) if np.isnan(want) else row[f'p_cate@{k}'] == want
