@@ -224,3 +224,14 @@ def test_single_generation_p_rel_and_p_cate_equal_the_in_training_metrics():
       assert row[f'p_rel@{k}'] == pytest.approx(want_rel[q, j])
       want = want_cate[q, j]
       assert (row[f'p_cate@{k}'] is None) if np.isnan(want) else row[f'p_cate@{k}'] == want
+
+
+def test_written_queries_read_back_as_the_batch_search_cli_reads_them(tmp_path):
+  from make_jax.serving import batch
+
+  queries = ['nike shoes', '红色 连衣裙', ' puma  ']
+  sources.write_queries(tmp_path / 'q.txt', queries)
+  got, counts = batch.read_queries(str(tmp_path / 'q.txt'))
+  assert got == queries and counts == {'lines': 3, 'empty': 0, 'invalid_utf8': 0}
+  with pytest.raises(ValueError, match='line breaks'):
+    sources.write_queries(tmp_path / 'bad.txt', ['a\nb'])

@@ -3,6 +3,8 @@ r"""Scores rankings of a split's queries: Recall@K, P_rel@10, P_cate@10 with 95%
   # Rankings from the batch search CLI (tools/search.py) or a baseline:
   python -m tools.evaluate --dataset=fashion_products --builder_config=default \
       --data_dir=/tmp/tfds --split=test --ranked=results.jsonl --output=eval.json
+  # The split's queries, one a line, as tools/search.py's --queries input:
+  python -m tools.evaluate --dataset=fashion_products --split=test --write_queries=q.txt
   # Exact search over exported embeddings (export directories or .npz with ids, embedding):
   python -m tools.evaluate --dataset=fashion_products --split=test \
       --query_embeddings=/tmp/run/export/queries --product_embeddings=/tmp/run/export/catalogue \
@@ -37,6 +39,9 @@ _JUDGED_KS = flags.DEFINE_list('judged_ks', ['10'], 'P_rel / P_cate cut-offs.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).')
 _ALLOW_MISSING = flags.DEFINE_bool('allow_missing', False, 'Score queries without a list as empty.')
 _OUTPUT = flags.DEFINE_string('output', '', 'JSON result file.')
+_WRITE_QUERIES = flags.DEFINE_string(
+  'write_queries', '', "Only write the split's queries (one a line) here, for tools/search.py."
+)
 
 
 def main(argv):
@@ -44,6 +49,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   builder = loading.prepare(_DATASET.value, _CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value)
   es = eval_set.from_builder(builder, _SPLIT.value)
+  if _WRITE_QUERIES.value:
+    sources.write_queries(_WRITE_QUERIES.value, es.queries)
+    print(f'wrote {es.num_queries} queries of {_SPLIT.value} to {_WRITE_QUERIES.value}')
+    return
   if _DOMAIN_WORDS.value:
     with open(_DOMAIN_WORDS.value, encoding='utf-8') as f:
       domain_words = [w for w in f.read().splitlines() if w]

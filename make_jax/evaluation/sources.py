@@ -83,6 +83,18 @@ def write_ranked_lines(
   atomic_file.write_text(path, ''.join(line + '\n' for line in ranked_lines(queries, ids, scores)))
 
 
+def write_queries(path: str | os.PathLike, queries: Sequence[str]) -> None:
+  """Writes the queries one a line (atomically): the input of the batch search CLI.
+
+  Raises:
+    ValueError: a query holds a line break (it would come back as two queries).
+  """
+  bad = [q for q in queries if '\n' in q or '\r' in q]
+  if bad:
+    raise ValueError(f'{len(bad)} queries hold line breaks (first: {bad[0]!r})')
+  atomic_file.write_text(path, ''.join(q + '\n' for q in queries))
+
+
 def rankings_of(queries: Sequence[str], ids: np.ndarray) -> dict[str, list[int]]:
   """{query: ids} of [Q, R] ranked ids (what `evaluate.evaluate_rankings` takes)."""
   return {q: [int(i) for i in row] for q, row in zip(queries, ids, strict=True)}
