@@ -1,0 +1,256 @@
+"""The results table (SPEC 9): every row on `fashion_products` test and its hide_colour test.
+
+Why one driver: the rows of the table (baselines, the text-only two-tower, MAKE and its
+ablations, the best row behind relevance control) must be scored on the same queries,
+catalogue and rules, and re-run with one command when the code changes.
+`tools/results.py` is its command line.
+
+Rows (`ROWS`; config fields from configs/base.py):
+- `bm25`, `minilm`: the baselines of `evaluation/baselines.py` (no training).
+- `two_tower_text`: a text-only two-tower with in-batch negatives. Not runnable yet: the
+  model has no title-only product tower (`model.modal_adaptation=False` averages title
+  and image, it does not drop the image); it needs a model option that makes the product
+  embedding the title encoder's alone, then loss weights qpm=1, others 0, no bank, no CDNS.
+- `make`: MAKE as the paper's base: MLM + MPM (regression) + QPM + QPC, in-batch
+  negatives only: `loss.weights.mpm=1`, `mpm_r=0`, `loss.cdns_start_fraction=1.0` (the
+  switch step equals `num_steps`, which no step reaches), `loss.w_mbns=0` (the queue is
+  masked; `bank_batches=0` cannot be checkpointed today).
+- `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`),
+  `make_mpm_r` (MPM_R instead of MPM), `make_all` (the three).
+- `best_relevance_control`: the best trained row served with relevance control
+  (attribute filters around the index: `tools/export`, `tools/build_index`, then
+  `tools/search --filter` writes the ranked lists). Not wired into the driver yet.
+
+Trained rows run `make_jax.train.loop.train_and_evaluate` on the `default` config's train
+split at `TRAIN_SCALE` (a documented scale, overridable), one workdir per row under
+`<out>/runs/`, and are evaluated by exact search over the catalogue with the run's newest
+checkpoint, vocabulary and domain words. CDNS only differs from in-batch negatives with
+more than one device: the scale uses `parallelism=pmap`.
+
+Output: `<out>/<row>/<builder_config>_<split>.jsonl` (ranked lists, batch search format),
+`<out>/results.json` (overall metrics, intervals and counts per row and split) and
+`<out>/results.md` (the table), written atomically.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from make_jax import atomic_file
+from make_jax.evaluation import baselines, evaluate, sources
+from make_jax.evaluation.eval_set import EvalSet
+
+SPLITS = (('default', 'test'), ('hide_colour', 'test'))
+_MAKE = {
+  'loss.weights.mlm': 1.0,
+  'loss.weights.mpm': 1.0,
+  'loss.weights.mpm_r': 0.0,
+  'loss.weights.qpm': 1.0,
+  'loss.weights.qpc': 1.0,
+  'loss.cdns_start_fraction': 1.0,
+  # No MBNS as w1 = 0 (qpm.py masks the queue then), not bank_batches = 0: the trainer
+  # cannot checkpoint a zero-size queue (orbax refuses zero-size arrays).
+  'loss.w_mbns': 0.0,
+  'loss.bank_batches': 1,
+}
+_MBNS = {'loss.w_mbns': 0.25, 'loss.bank_batches': 8}
+# The scale of the trained rows: base model width on fashion, 5k steps of 256 pairs
+# (~21 epochs of the 60k train pairs) over the host's devices.
+TRAIN_SCALE = {
+  'data.name': 'fashion_products',
+  'data.builder_config': 'default',
+  'data.global_batch_size': 256,
+  'train.num_steps': 5000,
+  'train.eval_every': 1000,
+  'train.checkpoint_every': 1000,
+  'parallelism': 'pmap',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of the results table."""
+
+  name: str  # Key (file names, --rows).
+  label: str  # As the table shows it.
+  kind: str  # 'bm25' | 'minilm' | 'trained' | 'pending'.
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  note: str = ''  # Why a 'pending' row cannot run yet.
+
+
+ROWS = (
+  Row('bm25', 'BM25 (titles)', 'bm25'),
+  Row('minilm', 'all-MiniLM-L6-v2, untrained', 'minilm'),
+  Row(
+    'two_tower_text',
+    'Two-tower, text only, in-batch negatives',
+    'pending',
+    note='needs a title-only product tower (no such model option in configs/base.py)',
+  ),
+  Row('make', 'MAKE', 'trained', _MAKE),
+  Row('make_cdns', 'MAKE + CDNS', 'trained', _MAKE | {'loss.cdns_start_fraction': 0.5}),
+  Row('make_mbns', 'MAKE + MBNS', 'trained', _MAKE | _MBNS),
+  Row(
+    'make_mpm_r',
+    'MAKE + MPM_R',
+    'trained',
+    _MAKE | {'loss.weights.mpm': 0.0, 'loss.weights.mpm_r': 1.0},
+  ),
+  Row(
+    'make_all',
+    'MAKE + CDNS + MBNS + MPM_R',
+    'trained',
+    _MAKE
+    | {
+      'loss.cdns_start_fraction': 0.5,
+      **_MBNS,
+      'loss.weights.mpm': 0.0,
+      'loss.weights.mpm_r': 1.0,
+    },
+  ),
+  Row(
+    'best_relevance_control',
+    'Best row + relevance control',
+    'pending',
+    note='needs export + index of the best run and tools/search --filter rankings',
+  ),
+)
+ROW_NAMES = tuple(r.name for r in ROWS)
+
+
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key overrides (`loss.weights.mpm`); unknown keys fail."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f'config has no field {key!r}')
+    node[leaf] = value
+  return config
+
+
+def rank_trained(
+  workdir: pathlib.Path, builder: Any, split: str, ks: Sequence[int]
+) -> dict[str, list[int]]:
+  """Rankings of a trained run (newest checkpoint) by exact search over the catalogue."""
+  from make_jax.models import make_model
+  from make_jax.text.preprocess import TextPreprocessor
+  from make_jax.train import checkpoint, retrieval_eval
+
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  words = (workdir / 'domain_words.txt').read_text(encoding='utf-8').splitlines()
+  text = TextPreprocessor.from_vocab_file(
+    workdir / 'vocab.txt',
+    sort_words=config.text.sort_words,
+    strip_accents=config.text.strip_accents,
+    domain_words=[w for w in words if w],
+  )
+  params, _ = checkpoint.latest_params(workdir, config)
+  ev = retrieval_eval.RetrievalEvaluator(config, text, builder, split=split, ks=ks)
+  model = make_model.build_model(config)
+  rows = ev.search(ev.embed_queries(model, params), ev.embed_products(model, params))
+  return sources.rankings_of(ev.query_texts, ev.product_ids[rows])
+
+
+def _cell(overall: Mapping[str, float], key: str) -> str:
+  v = overall.get(key, math.nan)
+  if math.isnan(v):
+    return '-'
+  lo, hi = overall.get(f'{key}_lo', math.nan), overall.get(f'{key}_hi', math.nan)
+  return f'{v:.4f}' if math.isnan(lo) else f'{v:.4f} [{lo:.3f}, {hi:.3f}]'
+
+
+def markdown_table(results: Mapping[str, Any], ks: Sequence[int], judged_ks: Sequence[int]) -> str:
+  """The results as a markdown table: one line per row and split, 95% intervals."""
+  keys = [f'recall@{k}' for k in ks] + [f'{m}@{k}' for m in ('p_rel', 'p_cate') for k in judged_ks]
+  head = ['row', 'split', *[k.replace('_', '\\_') for k in keys]]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for row in results['rows'].values():
+    for split, res in row['splits'].items():
+      cells = [_cell(res['overall'], k) for k in keys] if 'overall' in res else ['-'] * len(keys)
+      lines.append(f'| {row["label"]} | {split} | ' + ' | '.join(cells) + ' |')
+    if not row['splits']:
+      lines.append(f'| {row["label"]} | not run: {row["status"]} |' + ' |' * len(keys))
+  return '\n'.join(lines) + '\n'
+
+
+def run_results(
+  rows: Sequence[str],
+  out_dir: str | pathlib.Path,
+  *,
+  load_split: Callable[[str, str], tuple[Any, EvalSet, list[str]]],
+  splits: Sequence[tuple[str, str]] = SPLITS,
+  ks: Sequence[int] = evaluate.DEFAULT_KS,
+  judged_ks: Sequence[int] = evaluate.DEFAULT_JUDGED_KS,
+  bootstrap_samples: int = 1000,
+  train: Callable[[Row, pathlib.Path], None] | None = None,
+) -> dict[str, Any]:
+  """Runs and scores the named rows on every split; writes results.json and results.md.
+
+  Args:
+    rows: names from `ROW_NAMES`, in table order.
+    out_dir: where ranked lists, results.json and results.md go.
+    load_split: (builder_config, split) -> (builder, EvalSet, domain words).
+    splits: (builder_config, split) pairs every row is scored on.
+    ks, judged_ks, bootstrap_samples: as `evaluate.evaluate_rankings`.
+    train: (row, workdir) -> None trains a row (None: trained rows are only evaluated
+      where `<out>/runs/<row>` already holds a checkpoint, else reported as not run).
+
+  Returns:
+    {'rows': {name: {'label', 'status', 'seconds', 'splits': {'<config>/<split>': result
+    without per-query values}}}, 'ks', 'judged_ks'}.
+  """
+  unknown = sorted(set(rows) - set(ROW_NAMES))
+  if unknown:
+    raise ValueError(f'Unknown rows {unknown}; known: {list(ROW_NAMES)}')
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  loaded = {s: load_split(*s) for s in splits}
+  minilm = None
+  results: dict[str, Any] = {'rows': {}, 'ks': list(ks), 'judged_ks': list(judged_ks)}
+  for row in (r for r in ROWS if r.name in rows):
+    entry: dict[str, Any] = {'label': row.label, 'status': 'run', 'splits': {}}
+    start = time.time()
+    workdir = out_dir / 'runs' / row.name
+    if row.kind == 'pending':
+      entry['status'] = row.note
+    elif row.kind == 'trained' and train is not None:
+      train(row, workdir)
+    if row.kind == 'trained' and not (workdir / 'checkpoints').is_dir():
+      entry['status'] = 'not trained (no checkpoint in ' + str(workdir) + ')'
+    if entry['status'] == 'run':
+      for (config_name, split), (builder, es, domain_words) in loaded.items():
+        if row.kind == 'bm25':
+          ids, scores = baselines.bm25_rankings(es, max(ks), domain_words=domain_words)
+        elif row.kind == 'minilm':
+          minilm = minilm or baselines.MiniLM()
+          ids, scores = baselines.minilm_rankings(es, max(ks), model=minilm)
+        if row.kind == 'trained':
+          rankings = rank_trained(workdir, builder, split, ks)
+        else:
+          sources.write_ranked_lines(
+            out_dir / row.name / f'{config_name}_{split}.jsonl', es.queries, ids, scores
+          )
+          rankings = sources.rankings_of(es.queries, np.asarray(ids))
+        res = evaluate.evaluate_rankings(
+          es, rankings, ks=ks, judged_ks=judged_ks, bootstrap_samples=bootstrap_samples
+        )
+        res.pop('per_query')
+        entry['splits'][f'{config_name}/{split}'] = res
+    entry['seconds'] = round(time.time() - start, 1)
+    results['rows'][row.name] = entry
+    atomic_file.write_text(out_dir / 'results.json', json.dumps(results, indent=1))
+  atomic_file.write_text(out_dir / 'results.md', markdown_table(results, ks, judged_ks))
+  return results

@@ -1,0 +1,70 @@
+r"""The results table: every row on fashion_products test and hide_colour test, one command.
+
+  # The baselines (no training), as docs/results.md reports them:
+  python -m tools.results --rows=bm25,minilm --data_dir=/tmp/tfds --out=/tmp/results
+  # Every row, training the trained rows at evaluation.results.TRAIN_SCALE first:
+  python -m tools.results --rows=all --train --data_dir=/tmp/tfds --out=/tmp/results
+
+Rows, what each trains and what is not wired yet: make_jax/evaluation/results.py.
+Writes <out>/results.json, <out>/results.md and the ranked lists of every row and split
+(JSON lines that tools/evaluate.py scores alike); prints the table.
+"""
+
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from make_jax.datasets import loading
+from make_jax.evaluation import eval_set, results
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', 'configs/base.py', 'Config of the trained rows (TRAIN_SCALE and the row applied).'
+)
+_ROWS = flags.DEFINE_list('rows', ['bm25', 'minilm'], f'Rows to run, or all: {results.ROW_NAMES}')
+_OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
+_DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = TFDS's default).")
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', '../shared/data', 'Folder holding the fashion zip.')
+_KS = flags.DEFINE_list('ks', ['10', '100', '1000'], 'Recall cut-offs.')
+_JUDGED_KS = flags.DEFINE_list('judged_ks', ['10'], 'P_rel / P_cate cut-offs.')
+_BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).')
+_TRAIN = flags.DEFINE_bool('train', False, 'Train the trained rows (long) before scoring them.')
+_INIT_FROM = flags.DEFINE_string('init_from', '', 'Pretrained params for the trained rows.')
+
+
+def _load_split(config_name: str, split: str):
+  builder = loading.prepare('fashion_products', config_name, _DATA_DIR.value, _MANUAL_DIR.value)
+  logging.info('reading %s/%s', config_name, split)
+  domain_words = list((builder.info.metadata or {}).get('domain_words', ()))
+  return builder, eval_set.from_builder(builder, split), domain_words
+
+
+def _train(row: results.Row, workdir: pathlib.Path) -> None:
+  from make_jax.train import loop
+
+  scale = results.TRAIN_SCALE | {
+    'data.data_dir': _DATA_DIR.value,
+    'data.manual_dir': _MANUAL_DIR.value,
+  }
+  config = results.apply_overrides(results.apply_overrides(_CONFIG.value, scale), row.overrides)
+  loop.train_and_evaluate(config, workdir, init_from=_INIT_FROM.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  rows = list(results.ROW_NAMES) if _ROWS.value == ['all'] else _ROWS.value
+  out = results.run_results(
+    rows,
+    _OUT.value,
+    load_split=_load_split,
+    ks=[int(k) for k in _KS.value],
+    judged_ks=[int(k) for k in _JUDGED_KS.value],
+    bootstrap_samples=_BOOTSTRAP.value,
+    train=_train if _TRAIN.value else None,
+  )
+  print(results.markdown_table(out, out['ks'], out['judged_ks']))
+
+
+if __name__ == '__main__':
+  app.run(main)
