@@ -413,3 +413,25 @@ def test_bfloat16_compute_trains_with_float32_params():
   out = model.apply({'params': state.params}, inputs)
   assert out['query_emb'].dtype == np.float32  # Embeddings are normalised in float32.
   assert losses[-1] < losses[0], losses
+
+
+def test_no_memory_bank_steps_and_checkpoints(tmp_path):
+  """bank_batches = 0 (MBNS off) keeps no queue: the state steps, saves and restores."""
+  from make_jax.train import checkpoint
+
+  config = _config()
+  config.loss.bank_batches = 0
+  config, _, _, state, single = _build(config)
+  assert state.bank is None
+  state, metrics = single(state, _batch(config))
+  assert state.bank is None and float(metrics['qpm_negatives_bank']) == 0.0
+  ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
+  host = _keys_as_data(jax.device_get(state))
+  ckpt.save(1, host, [{'epoch': 0}], config)
+  ckpt.wait()
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), host)
+  restored, shards = ckpt.restore(1, target)
+  ckpt.close()
+  assert restored.bank is None and shards == [{'epoch': 0}]
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(host), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -79,7 +79,12 @@ def trainer_env(devices: int) -> dict[str, str]:
   import os
 
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # The test process's other XLA flags (conftest's optimisation level) carry over, so a
+  # subprocess compiles exactly as the in-process runs it is compared with.
+  kept = [
+    f for f in env.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f
+  ]
+  env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={devices}', *kept])
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = str(ROOT)
   return env

@@ -45,7 +45,9 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimiser steps taken.
   params: Any
   opt_state: Any
-  bank: MemoryBank  # MBNS queue of the last cfg.loss.bank_batches global batches.
+  # MBNS queue of the last cfg.loss.bank_batches global batches; None when that is 0 (a
+  # queue of no slots has zero-size arrays, which a checkpoint cannot hold).
+  bank: MemoryBank | None
   rng: jax.Array  # Base key; each step folds in its step number (and device index).
 
 
@@ -56,13 +58,12 @@ def create_train_state(
   config: ml_collections.ConfigDict,
   rng: jax.Array,
 ) -> TrainState:
-  """A fresh state at step 0 with an empty queue sized for the global batch."""
+  """A fresh state at step 0 with an empty queue sized for the global batch (None: no MBNS)."""
+  bank = None
+  if int(config.loss.bank_batches) > 0:
+    bank = bank_from_config(config.loss, config.data.global_batch_size, config.model.embed_dim)
   return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    opt_state=tx.init(params),
-    bank=bank_from_config(config.loss, config.data.global_batch_size, config.model.embed_dim),
-    rng=rng,
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), bank=bank, rng=rng
   )
 
 
@@ -133,9 +134,11 @@ def make_train_step(
     grads = reduce_gradients(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    bank = state.bank.push(
-      jax.lax.stop_gradient(product_emb), batch['log_p'], batch['product_id'], axis_name=axis_name
-    )
+    bank = state.bank
+    if bank is not None:
+      bank = bank.push(
+        jax.lax.stop_gradient(product_emb), batch['log_p'], batch['product_id'], axis_name=axis_name
+      )
     metrics['grad_norm'] = optax.tree.norm(grads)
     # Chosen MLM tokens beyond the head's K slots (left unmasked; see mlm_max_predictions).
     capped = jnp.sum(masked['mlm_query_capped']) + jnp.sum(masked['mlm_title_capped'])
