@@ -13,6 +13,7 @@ that rebuilds it.
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ from make_jax.export import embed, model_handler, query_table
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
 from make_jax.models import make_model
-from make_jax.serving import index, service
+from make_jax.serving import filters, index, service
 from make_jax.train import checkpoint, inputs
 
 K = 5
@@ -75,18 +76,17 @@ def served(tmp_path_factory):
   )
   params, _ = loader()
   searcher = service.searcher_from_workdir(lay.root, params=params, buckets=(8,), max_batch=2)
-  yield dict(config=config, lay=lay, params=params, searcher=searcher)
+  model = make_model.build_model(config)
+  encode = jax.jit(lambda i, m: model.apply({'params': params}, i, m, method=model.encode_query))
+  yield dict(config=config, lay=lay, encode=encode, searcher=searcher)
   searcher.encoder.close()
 
 
 def _exact(served, text):
   """Exact top-K (ids, scores) of `text` over the exported embeddings (model applied here)."""
   config, searcher = served['config'], served['searcher']
-  model = make_model.build_model(config)
   ids, mask = searcher.preprocessor.encode_batch([text], config.text.query_len)
-  q = np.asarray(
-    model.apply({'params': served['params']}, ids, mask, method=model.encode_query), np.float32
-  )[0]
+  q = np.asarray(served['encode'](ids, mask), np.float32)[0]
   export_ids, emb, _, _ = embed.read_embeddings(served['lay'].products)
   scores = emb @ q
   order = np.argsort(-scores, kind='stable')[:K]
@@ -156,6 +156,11 @@ def test_artefacts_of_another_model_are_refused(served, tmp_path):
   # A served checkpoint of another step than the export's is refused too.
   with pytest.raises(manifest_lib.ManifestError, match=r'checkpoint step None != .* 7'):
     service.searcher_from_workdir(lay.root, step=7)
+  # An index of this model over another export (here: 10 of its products).
+  ids, emb, _, exported = embed.read_embeddings(lay.products)
+  export_index.build(emb[:10], ids[:10], exported).save(lay.index)
+  with pytest.raises(manifest_lib.ManifestError, match=r'holds 10 products, the export 300'):
+    service.searcher_from_workdir(lay.root)
   shutil.rmtree(lay.index)
   with pytest.raises(manifest_lib.ManifestError, match=r'no finished index.*tools.build_index'):
     service.searcher_from_workdir(lay.root)
@@ -189,3 +194,28 @@ def test_row_index_maps_product_ids_to_rows():
   built.upsert(np.array([5000]), queries[:1])
   r, _ = index.RowIndex(built, np.append(ids, 7)).search(queries[:1], 3)
   assert r.tolist() == [want_rows[0, :2].tolist()]
+
+
+def test_filtered_overfetch_through_a_tree_index_keeps_recall():
+  """Over-fetching asks the export index for many neighbours; `RowIndex` asks 4x as many so
+  they are re-ranked deeper than k (with a factor of 1 this measured recall@10 0.92)."""
+  rng = np.random.default_rng(0)
+  n = 5000
+  emb = rng.standard_normal((n, 32)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  cfg = export_index.IndexConfig(
+    k=10, brute_force=False, num_leaves=50, leaves_to_search=50, reorder=100
+  )
+  rows = index.RowIndex(export_index.build(emb, np.arange(n), {}, cfg), np.arange(n))
+  inverted = filters.InvertedIndex({'brand': [f'b{i}' for i in rng.integers(0, 20, n)]})
+  search = filters.FilteredSearch(rows, emb, inverted, exact_max_rows=0)
+  hits = 0
+  for j in range(30):
+    q = rng.standard_normal(32).astype(np.float32)
+    q /= np.linalg.norm(q)
+    filt = filters.Filter.from_pairs([('brand', f'b{j % 20}')])
+    got = search.search(q, filt, 10)
+    assert got.strategy == 'overfetch'
+    want, _ = search.exact(q, inverted.rows(filt), 10)
+    hits += len(set(got.rows.tolist()) & set(want.tolist()))
+  assert hits / 300 >= 0.99, hits / 300

@@ -140,13 +140,21 @@ class RowIndex:
   `ids` [N] are the product ids of rows 0..N-1 (the export's order). An id the index answers
   that is not among them (a product upserted into the index but not exported) is dropped;
   a batch then answers the fewest results any of its queries kept.
+
+  An approximate index (a tree: `manifest['config']['brute_force']` False) is asked for
+  `rerank_factor * k` neighbours, of which the best k are kept: `export.index.Index`
+  re-ranks exactly max(its configured re-rank size, neighbours asked), so without the
+  factor the large k of filtered over-fetching would be re-ranked no deeper than k
+  (over-fetch recall@10 0.85 instead of 1.0 on 20k random 32-d vectors, every leaf
+  searched, 2% filters).
   """
 
-  def __init__(self, index: Any, ids: np.ndarray):
+  def __init__(self, index: Any, ids: np.ndarray, *, rerank_factor: int = 4):
     """Args:
     index: has `size` and `search_batched(queries [B, d], k) -> (ids [B, k], scores)` with
       -1 padding, as `export.index.Index`.
     ids: int64 [N] product id of each row (unique).
+    rerank_factor: neighbours asked of an approximate index per result wanted.
 
     Raises:
       ValueError: duplicate ids, or an index of another size.
@@ -159,6 +167,8 @@ class RowIndex:
     if index.size != len(ids):
       raise ValueError(f'the index holds {index.size} products, the rows {len(ids)}')
     self.index = index
+    config = (getattr(index, 'manifest', None) or {}).get('config') or {}
+    self._rerank_factor = 1 if config.get('brute_force', False) else max(1, rerank_factor)
 
   @property
   def size(self) -> int:
@@ -177,8 +187,8 @@ class RowIndex:
     k = min(k, self.size)
     if k <= 0:
       return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-    ids, scores = self.index.search_batched(queries, k)
-    rows = self.rows_of(ids)
+    ids, scores = self.index.search_batched(queries, min(self.size, self._rerank_factor * k))
+    rows, scores = self.rows_of(ids[:, :k]), np.asarray(scores)[:, :k]
     keep = rows >= 0
     if keep.all():
       return rows, np.asarray(scores, np.float32)

@@ -180,7 +180,13 @@ def searcher_from_workdir(
     rebuild=f'Rebuild: {lay.index_command()} (after re-exporting if the export is stale)',
     **check,
   )
-  ann = index_lib.RowIndex(export_index.load(lay.index, **check), ids)
+  loaded = export_index.load(lay.index, **check)
+  if loaded.size != len(ids):
+    raise manifest_lib.ManifestError(
+      f'index {lay.index} holds {loaded.size} products, the export {len(ids)}: it was built '
+      f'from another export. Rebuild: {lay.index_command()}'
+    )
+  ann = index_lib.RowIndex(loaded, ids)
 
   table = None
   if lay.query_table.exists():
