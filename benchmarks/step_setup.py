@@ -28,24 +28,11 @@ import ml_collections
 import numpy as np
 from flax.linen import meta
 
+from make_jax.input import featurize
 from make_jax.losses.total import compute_losses
 from make_jax.models.make_model import build_model, example_batch
 from make_jax.train import masking, optimizer
 from make_jax.train import step as train_step
-
-# Contract 2: what the input pipeline hands the train step.
-RAW_KEYS = (
-  'query_ids',
-  'query_mask',
-  'query_keyword',
-  'title_ids',
-  'title_mask',
-  'title_keyword',
-  'image',
-  'image_missing',
-  'product_id',
-  'log_p',
-)
 
 
 @dataclasses.dataclass
@@ -69,7 +56,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str
   """A raw batch (contract 2) of random ids and pixels; product ids distinct (no accidental hits)."""
   zeros = example_batch(config, batch_size)
   rs = np.random.RandomState(0)
-  batch = {k: np.asarray(zeros[k]) for k in RAW_KEYS}
+  batch = {k: np.asarray(zeros[k]) for k in featurize.BATCH_KEYS}
   vocab = config.model.vocab_size
   batch['query_ids'] = rs.randint(5, vocab, batch['query_ids'].shape).astype(np.int32)
   batch['title_ids'] = rs.randint(5, vocab, batch['title_ids'].shape).astype(np.int32)

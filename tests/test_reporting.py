@@ -97,6 +97,7 @@ def test_window_logger_arithmetic_on_a_fake_clock():
     total_steps=10,
     examples_per_step=16,
     flops_per_step=1e9,
+    model_flops_per_step=0.75e9,
     peak=probe,
     clock=clock,
     log_fn=lines.append,
@@ -111,20 +112,21 @@ def test_window_logger_arithmetic_on_a_fake_clock():
   assert sorted(summaries) == [4, 8, 10]
   first, second, last = summaries[4], summaries[8], summaries[10]
   assert first['loss'] == pytest.approx(2.5) and first['qpm'] == pytest.approx(5.0)
-  # Steps 2-4 took 1.5 s: 0.5 s/step, 32 ex/s; the peak is the better of the probes before
+  # Steps 2-4 took 1.5 s: 0.5 s/step, 32 ex/s; the peak is the mean of the probes before
   # (1e11) and after (2e11) the window; 6 steps left.
   assert first['step_s'] == pytest.approx(0.5)
   assert first['examples_per_s'] == pytest.approx(32.0)
-  assert first['mfu'] == pytest.approx(1e9 / 0.5 / 2e11)
+  assert first['mfu'] == pytest.approx(1e9 / 0.5 / 1.5e11)
+  assert first['mfu_model'] == pytest.approx(0.75e9 / 0.5 / 1.5e11)
   assert first['eta_s'] == pytest.approx(3.0)
   assert second['loss'] == pytest.approx(6.5)
-  # Probes 2e11 before and 1.5e11 after: the better one, 2e11.
-  assert second['step_s'] == pytest.approx(1.0) and second['mfu'] == pytest.approx(1e9 / 2e11)
+  # Probes 2e11 before and 1.5e11 after: their mean, 1.75e11.
+  assert second['step_s'] == pytest.approx(1.0) and second['mfu'] == pytest.approx(1e9 / 1.75e11)
   assert last['loss'] == pytest.approx(9.5) and last['eta_s'] == 0.0
-  assert last['mfu'] == pytest.approx(1e9 / 1.5e11)  # max(1.5e11 before, 1e11 after)
+  assert last['mfu'] == pytest.approx(1e9 / 1.25e11)  # mean(1.5e11 before, 1e11 after)
   assert lines[0] == (
     'step 4/10 loss=2.5000 qpm=5.0000 | 32.0 ex/s 0.500 s/step | '
-    'MFU 1.0% (XLA FLOPs vs matmul probe 200.0 GFLOP/s) | ETA 0:00:03'
+    'MFU 1.0% model FLOPs, 1.3% XLA FLOPs (vs matmul probe 150.0 GFLOP/s) | ETA 0:00:03'
   )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags
 from flax.linen import meta
 
+from make_jax.input import featurize
 from make_jax.models.make_model import build_model, example_batch
 from make_jax.train import flops, masking, optimizer
 from make_jax.train import step as train_step
@@ -39,18 +40,6 @@ GROUPS = {
   'MA + proj.': ('fusion', 'gate_hidden', 'gate_out', 'modality_embeddings', '_proj'),
   'heads': ('mlm_', 'mpm_', 'log_'),
 }
-_RAW = (
-  'query_ids',
-  'query_mask',
-  'query_keyword',
-  'title_ids',
-  'title_mask',
-  'title_keyword',
-  'image',
-  'image_missing',
-  'product_id',
-  'log_p',
-)
 
 
 def _xla_flops(fn, *args) -> float:
@@ -63,7 +52,7 @@ def stats(name: str, batch_size: int, xla: bool) -> dict[str, float]:
   config.data.global_batch_size = batch_size
   model = build_model(config)
   zeros = example_batch(config, batch_size)
-  raw = {k: jax.ShapeDtypeStruct(zeros[k].shape, zeros[k].dtype) for k in _RAW}
+  raw = {k: jax.ShapeDtypeStruct(zeros[k].shape, zeros[k].dtype) for k in featurize.BATCH_KEYS}
   tokens = types.SimpleNamespace(
     pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
   )

@@ -18,6 +18,19 @@ import numpy as np
 from PIL import Image
 
 Batch = dict[str, np.ndarray]
+# The keys of a contract-2 batch, in the order of the docstring above.
+BATCH_KEYS = (
+  'query_ids',
+  'query_mask',
+  'query_keyword',
+  'title_ids',
+  'title_mask',
+  'title_keyword',
+  'image',
+  'image_missing',
+  'product_id',
+  'log_p',
+)
 # Padding of non-square images: white, the background of catalogue photos (fashion).
 PAD_RGB = (255, 255, 255)
 

@@ -33,6 +33,8 @@ from make_jax.models import make_model
 from make_jax.train import checkpoint as checkpoint_lib
 from make_jax.train import flops as flops_lib
 from make_jax.train import inputs, layouts, optimizer, reporting, retrieval_eval
+from make_jax.train import state as state_lib
+from make_jax.train import step as train_step
 
 
 def _builder(config: ml_collections.ConfigDict) -> Any:
@@ -68,6 +70,17 @@ def _modal_weights_fn(model: Any, layout: layouts.Layout):
     return lambda state, batch: np.asarray(jax.device_get(fn(state.params, batch))).mean(0)
   fn = jax.jit(mean_weights)
   return lambda state, batch: layouts.to_host(fn(state.params, batch))
+
+
+def _model_flops(config, model, tx, tokens, host_batch) -> float:
+  """Model FLOPs of one step at the global batch (the unsharded step: the same total work)."""
+  state = jax.eval_shape(state_lib.init_fn(model, tx, config), jax.random.key(0))
+  scale = jax.process_count()
+  batch = {
+    k: jax.ShapeDtypeStruct((v.shape[0] * scale, *v.shape[1:]), v.dtype)
+    for k, v in host_batch.items()
+  }
+  return flops_lib.model_flops(train_step.make_train_step(model, tx, config, tokens), state, batch)
 
 
 def train_and_evaluate(
@@ -176,7 +189,8 @@ def train_and_evaluate(
   step = start
   try:
     for step in range(start + 1, last_step + 1):
-      batch = layout.put_batch(next(data))
+      host_batch = next(data)
+      batch = layout.put_batch(host_batch)
       if logger is None:  # Compile once, explicitly: the FLOPs of the step give the MFU.
         step_fn = layout.step.lower(state, batch).compile()
         per_device = 1 if layout.name == 'single' else jax.device_count()
@@ -185,6 +199,7 @@ def train_and_evaluate(
           total_steps=last_step,
           examples_per_step=config.data.global_batch_size,
           flops_per_step=flops_lib.compiled_flops(step_fn) * per_device,
+          model_flops_per_step=_model_flops(config, model, tx, text, host_batch),
           dtype=config.model.dtype,
           log_fn=(lambda line: print(line, flush=True)) if primary else (lambda line: None),
         )

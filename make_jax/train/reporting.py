@@ -32,12 +32,15 @@ Interface:
 
     `metrics` may stay on the device: they are fetched once per window. The window's
     summary holds the mean of every scalar metric plus `step_s`, `examples_per_s`,
-    `mfu`, `peak_flops` and `eta_s`, and one line is logged: mean losses, examples/s,
-    MFU and ETA. The first step after construction is not timed (it compiles). MFU is
-    XLA FLOPs of the compiled step / seconds per step / peak: on an accelerator the
-    nominal dense peak (`flops.nominal_peak`); on CPU the best of two matmul-probe
-    rounds (`flops.MatmulProbe`) run just before and just after the window, outside its
-    timing (the line says "vs matmul probe"). A progress bar is drawn on stderr when it
+    `mfu` (XLA FLOPs), `mfu_model` (model FLOPs), `peak_flops` and `eta_s`, and one line
+    is logged: mean losses, examples/s, MFU and ETA. The first step after construction is
+    not timed (it compiles). MFU is FLOPs per step / seconds per step / peak, twice: with
+    the model FLOPs of the step (matmuls and convolutions, as `tools/model_stats` counts
+    them) and with XLA's cost analysis of the compiled step. The peak is, on an
+    accelerator, the nominal dense peak (`flops.nominal_peak`); on CPU the mean of two
+    matmul-probe rounds (`flops.MatmulProbe`) run just before and just after the window,
+    outside its timing (the line says "vs matmul probe"): the window and its peak see the
+    same machine state, as in `flops.interleave`. A progress bar is drawn on stderr when it
     is a terminal.
 """
 
@@ -211,6 +214,7 @@ class WindowLogger:
     total_steps: int,
     examples_per_step: int,
     flops_per_step: float = 0.0,
+    model_flops_per_step: float = 0.0,
     peak: float | Callable[[], float] | None = None,
     dtype: str = 'float32',
     clock: Callable[[], float] = time.perf_counter,
@@ -224,6 +228,8 @@ class WindowLogger:
       total_steps: the run's last step (for the ETA and the last window).
       examples_per_step: global batch size.
       flops_per_step: XLA FLOPs of one compiled step (`flops.compiled_flops`); 0: no MFU.
+      model_flops_per_step: model FLOPs of one step (matmuls and convolutions of the
+        forward and backward, `flops.model_flops`); 0: no model-FLOPs MFU.
       peak: FLOP/s to divide by: a number (a nominal peak), a callable (a probe round,
         run before and after each window), or None: the device's nominal peak for
         `dtype`, else (CPU) a `MatmulProbe`.
@@ -236,13 +242,14 @@ class WindowLogger:
       raise ValueError(f'log_every must be >= 1, got {log_every}')
     self.log_every, self.total_steps = log_every, total_steps
     self.examples_per_step, self.flops_per_step = examples_per_step, flops_per_step
+    self.model_flops_per_step = model_flops_per_step
     self.clock, self.log_fn = clock, log_fn
     self.progress = sys.stderr.isatty() if progress is None else progress
     self._probe: Callable[[], float] | None = None
     self._peak_label = 'nominal peak'
     if callable(peak):
       self._probe, self._peak_label = peak, 'matmul probe'
-    elif peak is None and flops_per_step:
+    elif peak is None and (flops_per_step or model_flops_per_step):
       peak = flops_lib.nominal_peak(jax.devices()[0], dtype)
       if peak is None:
         self._probe, self._peak_label = flops_lib.MatmulProbe(n=1024), 'matmul probe'
@@ -277,15 +284,20 @@ class WindowLogger:
     elapsed = self.clock() - self._t0
     step_s = elapsed / self._timed if self._timed and elapsed > 0 else float('nan')
     probe_after = self._peak_probe()
-    peak = self._nominal or max(self._probe_before, probe_after)
+    # Both probes bracket the window, as in `flops.interleave`: their mean is the peak.
+    peak = self._nominal or 0.5 * (self._probe_before + probe_after)
     self._probe_before = probe_after
-    mfu = self.flops_per_step / step_s / peak if self.flops_per_step and peak else float('nan')
+    mfu, mfu_model = (
+      f / step_s / peak if f and peak else float('nan')
+      for f in (self.flops_per_step, self.model_flops_per_step)
+    )
     scalars = [_scalars(m) for m in window]
     summary = {k: float(np.mean([s[k] for s in scalars if k in s])) for k in scalars[-1]}
     summary |= {
       'step_s': step_s,
       'examples_per_s': self.examples_per_step / step_s,
       'mfu': mfu,
+      'mfu_model': mfu_model,
       'peak_flops': float(peak or 'nan'),
       'eta_s': (self.total_steps - step) * step_s,
     }
@@ -298,10 +310,14 @@ class WindowLogger:
   def format_line(self, step: int, summary: Mapping[str, float]) -> str:
     """The window's log line."""
     losses = ' '.join(f'{k}={summary[k]:.4f}' for k in LOSS_KEYS if k in summary)
+    parts = [
+      f'{100 * summary[key]:.1f}% {label}'
+      for key, label in (('mfu_model', 'model FLOPs'), ('mfu', 'XLA FLOPs'))
+      if math.isfinite(summary.get(key, float('nan')))
+    ]
     mfu = (
-      f'MFU {100 * summary["mfu"]:.1f}% (XLA FLOPs vs {self._peak_label} '
-      f'{summary["peak_flops"] / 1e9:.1f} GFLOP/s)'
-      if math.isfinite(summary['mfu'])
+      f'MFU {", ".join(parts)} (vs {self._peak_label} {summary["peak_flops"] / 1e9:.1f} GFLOP/s)'
+      if parts
       else 'MFU n/a'
     )
     return (

@@ -24,8 +24,11 @@ function pct(x) {
 function renderSummary(answer) {
   const summary = $('summary');
   summary.replaceChildren();
+  // data-query: the query whose answer is shown.
   summary.append(
-    'answered by ', el('span', { class: `path ${answer.path}`, id: 'path' }, answer.path),
+    'answered by ',
+    el('span', { class: `path ${answer.path}`, id: 'path', 'data-query': answer.query },
+       answer.path),
     answer.fallback_reason ? ` (${answer.fallback_reason})` : '',
     ` · ${answer.results.length} results in ${answer.latency_ms.server.toFixed(1)} ms`,
     ` · strategy ${answer.strategy} · filters: `,
@@ -61,17 +64,23 @@ function renderResults(answer) {
   }
 }
 
+// Each search has a number; an answer that arrives after a newer search began is dropped,
+// so the page always shows the last query's answer.
+let latestSearch = 0;
+
 async function runSearch(q, k) {
+  const mine = ++latestSearch;
   $('error').hidden = true;
   const url = `/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`;
   let response;
   try {
     response = await fetch(url);
   } catch (e) {
-    showError(`request failed: ${e}`);
+    if (mine === latestSearch) showError(`request failed: ${e}`);
     return;
   }
   const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (mine !== latestSearch) return;
   if (!response.ok) {
     showError(body.error || `HTTP ${response.status}`);
     return;
