@@ -2,23 +2,36 @@
 
 It must build the synthetic data, learn and save a vocabulary, train through the same
 `train_and_evaluate` as `tools.train` with every configured loss, log finite metrics, write
-a checkpoint and print the held-out Recall@10 before and after training; a later run in the
-same workdir must reuse the saved vocabulary (learning it is not bit-for-bit repeatable
-across processes) and resume rather than start again; and a model too small for the
-tokenizer must be refused with a message that says which setting to change.
+a checkpoint and print the held-out Recall@10 before and after training; then export,
+index and build the query table into the served layout and answer example searches through
+the served Searcher (a logged query from the table, an unlogged one online, a filtered one)
+and print the serve command; a later run in the same workdir must reuse the saved vocabulary
+(learning it is not bit-for-bit repeatable across processes), resume rather than start
+again and reuse the artefacts; and a model too small for the tokenizer must be refused with
+a message that says which setting to change.
 """
 
 import math
 
+import numpy as np
 import pytest
 
 from configs import tiny
 from make_jax import quickstart
 from make_jax.datasets import loading
+from make_jax.export import embed, query_table
 from make_jax.models import make_model
+from make_jax.serving import service
 from make_jax.train import checkpoint, optimizer
 from make_jax.train import step as train_step
 from tests import trainer_testlib
+
+
+def text_words(workdir, query):
+  """The query's words as the run's preprocessor (with its domain dictionary) gives them."""
+  from make_jax.export import querylog
+
+  return querylog.text_preprocessor(_config(), str(workdir / 'vocab.txt')).words(query)
 
 
 def _config():
@@ -52,6 +65,31 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   assert checkpoint.find_checkpoint(tmp_path)[1] == 4
   assert (tmp_path / 'config.json').exists() and (tmp_path / 'domain_words.txt').exists()
 
+  # Served from the workdir's export: the logged query by the table (its products in the
+  # table's order, filtered), the unlogged one online, the filtered one within its filter.
+  serving = out['serving']
+  for stage in ('== 6. Export', '== 7. Index', '== 8. Query log', '== 9. Searches'):
+    assert stage in printed, stage
+  assert f'== Serve it: python -m tools.serve --workdir={tmp_path}' in printed
+  answers, lay = serving['answers'], service.WorkdirLayout(tmp_path)
+  logged = answers['logged']
+  assert logged.path == 'table' and len(logged.results) == 5
+  row = query_table.QueryTable(lay.query_table).lookup(text_words(tmp_path, logged.query))
+  table_ids = row['ids'].tolist()
+  got = [r.product_id for r in logged.results]
+  assert got == sorted(got, key=table_ids.index)  # In the table's order.
+  assert (
+    answers['unlogged'].path == 'online' and answers['unlogged'].fallback_reason == 'table_miss'
+  )
+  filtered = answers['filtered']
+  assert filtered.filters and len(filtered.results) == 5
+  cat = service.catalogue_for_config(config)
+  for r in filtered.results:
+    row = cat.rows_of_ids(np.array([r.product_id]))[0]
+    for field, values in filtered.filters.items():
+      assert cat.attributes[field][row] in values
+  assert embed.read_embeddings(lay.products)[3]['count'] == len(cat)
+
   # A later run finds <workdir>/vocab.txt and loads it instead of learning a new one, and
   # finds the finished checkpoint instead of training again.
   vocab_path = tmp_path / 'vocab.txt'
@@ -63,8 +101,11 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   text = quickstart.load_or_learn_vocab(config, builder, tmp_path)
   assert vocab_path.read_bytes() == saved and vocab_path.stat().st_mtime_ns == mtime
   assert text.vocab_size == len(saved.splitlines())
+  capsys.readouterr()
   again = quickstart.run(config, tmp_path, show=0)
   assert again['history'] == [] and again['evals'][0]['recall@10'] == out['evals'][-1]['recall@10']
+  assert capsys.readouterr().out.count('is up to date (same checkpoint and model): reused') == 3
+  assert [r.product_id for r in again['serving']['answers']['logged'].results] == got
 
   # The model's embedding table must cover the tokenizer's vocabulary.
   config.model.vocab_size = text.vocab_size - 1

@@ -1,6 +1,8 @@
 r"""Starts the search server (FastAPI on uvicorn): /search, the page at /, /healthz, /metrics.
 
-From a training workdir (config.json, vocab.txt, checkpoints/, export/):
+From a training workdir (config.json, vocab.txt, checkpoints/ and the offline artefacts
+in their fixed places: export/products from tools.export, export/index from
+tools.build_index, export/query_table from tools.build_query_table, optional):
   python -m tools.serve --workdir=/tmp/make_fashion --port=8000
 
 A demo without a trained run (random model, embeddings computed at start; `--config`
@@ -11,15 +13,12 @@ picks the catalogue, here the real fashion one, the first 2,000 products):
 Then open http://127.0.0.1:8000/ or `curl '127.0.0.1:8000/search?q=nike+tees&k=5'`.
 """
 
-import pathlib
-
 import uvicorn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from make_jax.serving import params as params_lib
 from make_jax.serving import server, service
-from make_jax.text import preprocess
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config (--demo only).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to serve.')
@@ -36,23 +35,13 @@ _MAX_CHARS = flags.DEFINE_integer('max_query_chars', params_lib.MAX_QUERY_CHARS,
 
 def _from_workdir(workdir: str, **kwargs):
   config = service.load_config(workdir)
-  pre = preprocess.TextPreprocessor.from_vocab_file(
-    pathlib.Path(workdir) / 'vocab.txt',
-    sort_words=config.text.sort_words,
-    strip_accents=config.text.strip_accents,
-  )
   try:
     from make_jax.train import checkpoint
   except ImportError as e:
     raise app.UsageError(f'--workdir needs the trainer checkpoint reader: {e}') from e
   params, step = checkpoint.latest_params(workdir, config)
   logging.info('serving %s at step %d', workdir, step)
-  catalogue, emb, weights, ann = service.load_export(
-    pathlib.Path(workdir) / 'export', service.catalogue_for_config(config)
-  )
-  return service.build_searcher(
-    config, catalogue, pre, emb, params=params, index=ann, modal_weights=weights, **kwargs
-  )
+  return service.searcher_from_workdir(workdir, params=params, step=step, **kwargs)
 
 
 def searcher_from_flags():

@@ -1,16 +1,18 @@
-"""`AnnIndex` over a ScaNN searcher: the thin adapter between ScaNN and relevance control.
+"""A ScaNN `AnnIndex` built in memory over an embedding matrix (benchmarks, filter tests).
 
-ScaNN answers neighbour positions in the array it was built on; serving builds (or the
-export step serialises) it over the exported embeddings in catalogue row order, so those
-positions are the rows `FilteredSearch` works in. `scann` is imported when an index is
-built or loaded, not when serving is imported (it loads TensorFlow's runtime).
+Served indexes are built offline (`export.index`, `tools.build_index`: product ids as
+docids) and put behind `AnnIndex` by `index.RowIndex`. Relevance control's benchmark and
+recall test need a tree + AH + re-ranking index over arbitrary vectors in rows; this one
+answers neighbour positions in the array it was built on, which are those rows. `scann` is
+imported when an index is built, not when serving is imported (it loads TensorFlow's
+runtime).
 
 `build` follows the ScaNN README's recipe: tree partitioning (~sqrt(N) leaves), asymmetric
-hashing (2 dims per block, anisotropic threshold 0.2) and exact re-ranking.
+hashing (2 dims per block, anisotropic threshold 0.2) and exact re-ranking of at least
+`reorder_factor * k` candidates per search (over-fetching asks large k).
 """
 
 import math
-import os
 
 import numpy as np
 
@@ -60,11 +62,6 @@ class ScannIndex:
       .build()
     )
     return cls(searcher, n, reorder_factor=reorder_factor)
-
-  @classmethod
-  def load(cls, directory: str | os.PathLike, size: int, **kwargs) -> 'ScannIndex':
-    """A searcher serialised with `ScannSearcher.serialize(directory)`."""
-    return cls(_scann().load_searcher(os.fspath(directory)), size, **kwargs)
 
   def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, self._size)

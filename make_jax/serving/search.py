@@ -4,9 +4,9 @@ The path of one query:
 
 1. Query understanding (`filters.RelevanceControl`): the restricted attribute values the
    query names become a `Filter` (empty when it names none).
-2. Table path: the query's qid (`TextPreprocessor.qid`, the key the offline job wrote)
-   is looked up in the qid -> top-K table; its products are kept in rank order when they
-   satisfy the filter. If a filter leaves fewer than k of them, the online path answers
+2. Table path: the query's words (`TextPreprocessor.words`; the offline job keyed each
+   logged query by its sorted words, and its qid) are looked up in the offline top-K
+   table; its products are kept in rank order when they satisfy the filter. If a filter leaves fewer than k of them, the online path answers
    instead (`fallback_reason='table_short_after_filter'`).
 3. Online path (a miss): the query is encoded (`encoder.BatchingQueryEncoder`, batched
    with concurrent requests) and searched with the filter (`filters.FilteredSearch`:
@@ -91,11 +91,12 @@ class Searcher:
   ):
     """Args:
     catalogue: products by row (the rows of the index and the embeddings).
-    preprocessor: gives the qid that keys the table (the training run's).
+    preprocessor: gives the words that key the table (the training run's, with its
+      domain dictionary).
     filtered: the index, embeddings and inverted index, with its strategies.
     relevance: query understanding over the same catalogue's attributes.
     encoder: online query encoder; None serves table hits only (misses raise).
-    table: offline qid -> top-K table; None sends every query online.
+    table: offline query words -> top-K table; None sends every query online.
     modal_weights: float32 [N, 2] (title, image) weights of each product, or None.
     """
     if len(catalogue) != filtered.size:
@@ -133,7 +134,7 @@ class Searcher:
   def _table_rows(self, query: str, k: int):
     if self.table is None:
       return None
-    hit = self.table.lookup(self.preprocessor.qid(query))
+    hit = self.table.lookup(self.preprocessor.words(query))
     if hit is None:
       return None
     ids, scores = hit

@@ -3,19 +3,24 @@
 `build_searcher` wires catalogue, embeddings, ANN index, table, model and preprocessor
 into relevance control, filtered search and the batching encoder. Two sources feed it:
 
-* a training workdir (`tools/serve.py --workdir`): `config.json`, `vocab.txt`, the
-  parameters (read by the tool through the trainer's checkpoint reader: serving never
-  imports train) and the exported arrays of `load_export`.
+* a training workdir (`tools/serve.py --workdir`, `searcher_from_workdir`): `config.json`,
+  `vocab.txt` and `domain_words.txt` (the run's text), the parameters (read by the tool
+  through the trainer's checkpoint reader: serving never imports train) and the offline
+  artefacts in the fixed layout of `WorkdirLayout`, each checked against the run's config
+  fingerprint (an artefact of another model is refused with the command that rebuilds it).
 * `demo_searcher`: the catalogue of the config's dataset (the real fashion zip or the
   synthetic one), a randomly initialised model and product embeddings computed here by
   `MakeModel.encode_product` over real titles and images: an untrained ranking, but
   every piece of the serving path runs as it will with a trained one.
 """
 
+import dataclasses
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,6 +28,9 @@ import numpy as np
 
 from make_jax.datasets import fashion_products as fashion_builder
 from make_jax.datasets import synthetic, synthetic_products
+from make_jax.export import embed, query_table, querylog
+from make_jax.export import index as export_index
+from make_jax.export import manifest as manifest_lib
 from make_jax.input import featurize
 from make_jax.models import make_model
 from make_jax.serving import catalogue as catalogue_lib
@@ -30,6 +38,58 @@ from make_jax.serving import encoder as encoder_lib
 from make_jax.serving import filters, search
 from make_jax.serving import index as index_lib
 from make_jax.text import preprocess
+from make_jax.text import vocab as vocab_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkdirLayout:
+  """Where a served run's files are: what the tools write and serving reads."""
+
+  root: pathlib.Path
+
+  @property
+  def config(self) -> pathlib.Path:
+    return self.root / 'config.json'
+
+  @property
+  def vocab(self) -> pathlib.Path:
+    """The run's vocabulary (the trainer copies it here; `domain_words.txt` is beside it)."""
+    return self.root / 'vocab.txt'
+
+  @property
+  def products(self) -> pathlib.Path:
+    """`tools.export` output: product embedding shards + manifest."""
+    return self.root / 'export' / 'products'
+
+  @property
+  def index(self) -> pathlib.Path:
+    """`tools.build_index` output: the ScaNN index (product ids as docids) + manifest."""
+    return self.root / 'export' / 'index'
+
+  @property
+  def query_table(self) -> pathlib.Path:
+    """`tools.build_query_table` output: the offline top-K table of the query log."""
+    return self.root / 'export' / 'query_table'
+
+  @property
+  def query_log(self) -> pathlib.Path:
+    """The query log the table is built from (`query<TAB>count` lines; quickstart's)."""
+    return self.root / 'query_log.tsv'
+
+  def export_command(self) -> str:
+    return (
+      f"python -m tools.export --config=<the run's config> --workdir={self.root} "
+      f'--out={self.products}'
+    )
+
+  def index_command(self) -> str:
+    return f'python -m tools.build_index --embeddings={self.products} --out={self.index}'
+
+  def table_command(self) -> str:
+    return (
+      f"python -m tools.build_query_table --config=<the run's config> --workdir={self.root} "
+      f'--index={self.index} --queries=<query log> --out={self.query_table}'
+    )
 
 
 def catalogue_for_config(
@@ -57,34 +117,102 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_export(
-  export_dir: str | os.PathLike, catalogue: catalogue_lib.Catalogue
-) -> tuple[catalogue_lib.Catalogue, np.ndarray, np.ndarray | None, index_lib.AnnIndex]:
-  """Exported product arrays, memory-mapped, and the catalogue rows in their order.
+def _require(directory: pathlib.Path, what: str, command: str) -> None:
+  if not (directory / manifest_lib.MANIFEST).is_file():
+    raise manifest_lib.ManifestError(
+      f'no finished {what} at {directory} (no {manifest_lib.MANIFEST}); build it with: {command}'
+    )
 
-  Reads `ids.npy` (int64 [N]), `embeddings.npy` (float32 [N, d]), optionally
-  `modal_weights.npy` (float32 [N, 2]) and a serialised ScaNN searcher in `scann/`
-  (else an exact index over the embeddings).
+
+def searcher_from_workdir(
+  workdir: str | os.PathLike,
+  *,
+  params: Any = None,
+  step: int | None = None,
+  **kwargs: Any,
+) -> search.Searcher:
+  """The Searcher of a trained workdir's export (layout: `WorkdirLayout`).
+
+  Reads the product embeddings and modal weights (`embed.read_embeddings`), the ScaNN
+  index (`export.index.load`) and, when built, the query table; the catalogue rows are
+  taken in the export's order. Every artefact must carry the run's config fingerprint
+  (model, text config, vocabulary) and dimension, and, when `step` is given, the step of
+  the served params. Without a query table every query goes online.
+
+  Args:
+    workdir: the training workdir.
+    params: the model's params (`train.checkpoint.latest_params`); None serves table hits
+      only.
+    step: the checkpoint step of `params` (None: not checked).
+    **kwargs: `build_searcher`'s batching options.
 
   Raises:
-    ValueError: an exported id is not in the catalogue.
+    ManifestError: an artefact is missing, unfinished or made for another model; the
+      message names the command that rebuilds it.
+    ValueError: an exported product is not in the config's catalogue.
   """
-  d = pathlib.Path(export_dir)
-  ids = np.load(d / 'ids.npy')
-  emb = np.load(d / 'embeddings.npy', mmap_mode='r')
-  weights = (
-    np.load(d / 'modal_weights.npy', mmap_mode='r') if (d / 'modal_weights.npy').exists() else None
-  )
-  rows = catalogue.rows_of_ids(ids)
-  if (rows < 0).any():
-    raise ValueError(f'{int((rows < 0).sum())} exported ids are not in the catalogue')
-  if (d / 'scann').is_dir():
-    from make_jax.serving import scann_index
+  lay = WorkdirLayout(pathlib.Path(workdir))
+  config = load_config(lay.root)
+  if not lay.vocab.is_file():
+    raise FileNotFoundError(f"{lay.vocab} not found: the run's vocabulary is needed to serve")
+  pre = querylog.text_preprocessor(config, str(lay.vocab))
+  fingerprint = manifest_lib.config_fingerprint(config, vocab_lib.load_vocab_file(lay.vocab))
+  check = dict(fingerprint=fingerprint, dim=config.model.embed_dim, step=step)
+  rebuild_all = f'Rebuild: {lay.export_command()}; {lay.index_command()}; {lay.table_command()}'
 
-    ann = scann_index.ScannIndex.load(d / 'scann', len(ids))
+  _require(lay.products, 'product export', lay.export_command())
+  ids, emb, other, products_manifest = embed.read_embeddings(lay.products)
+  manifest_lib.check_compatible(
+    products_manifest, what=f'product export {lay.products}', rebuild=rebuild_all, **check
+  )
+  full = catalogue_for_config(config)
+  rows = full.rows_of_ids(ids)
+  if (rows < 0).any():
+    raise ValueError(
+      f'{int((rows < 0).sum())} exported ids are not in the catalogue of {config.data.name}'
+      f'/{config.data.builder_config}. {rebuild_all}'
+    )
+
+  _require(lay.index, 'index', lay.index_command())
+  manifest_lib.check_compatible(
+    manifest_lib.read(lay.index, 'scann_index'),
+    what=f'index {lay.index}',
+    rebuild=f'Rebuild: {lay.index_command()} (after re-exporting if the export is stale)',
+    **check,
+  )
+  loaded = export_index.load(lay.index, **check)
+  if loaded.size != len(ids):
+    raise manifest_lib.ManifestError(
+      f'index {lay.index} holds {loaded.size} products, the export {len(ids)}: it was built '
+      f'from another export. Rebuild: {lay.index_command()}'
+    )
+  ann = index_lib.RowIndex(loaded, ids)
+
+  table = None
+  if lay.query_table.exists():
+    _require(lay.query_table, 'query table', lay.table_command())
+    opened = query_table.QueryTable(lay.query_table)
+    manifest_lib.check_compatible(
+      opened.manifest,
+      what=f'query table {lay.query_table}',
+      rebuild=f'Rebuild: {lay.table_command()}',
+      **check,
+    )
+    table = index_lib.ExportTable(opened)
   else:
-    ann = index_lib.ExactIndex(emb)
-  return catalogue.take(rows), emb, weights, ann
+    logging.warning('no query table at %s: every query is encoded online', lay.query_table)
+  weights = other.get('modal_weights')
+  return build_searcher(
+    config,
+    full.take(rows),
+    pre,
+    emb,
+    params=params,
+    index=ann,
+    table=table,
+    modal_weights=None if weights is None else np.asarray(weights, np.float32),
+    **kwargs,
+  )
 
 
 def build_searcher(
