@@ -13,8 +13,7 @@ Rows (`ROWS`; config fields from configs/base.py):
   embedding the title encoder's alone, then loss weights qpm=1, others 0, no bank, no CDNS.
 - `make`: MAKE as the paper's base: MLM + MPM (regression) + QPM + QPC, in-batch
   negatives only: `loss.weights.mpm=1`, `mpm_r=0`, `loss.cdns_start_fraction=1.0` (the
-  switch step equals `num_steps`, which no step reaches), `loss.w_mbns=0` (the queue is
-  masked; `bank_batches=0` cannot be checkpointed today).
+  switch step equals `num_steps`, which no step reaches), `loss.bank_batches=0` (no queue).
 - `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`),
   `make_mpm_r` (MPM_R instead of MPM), `make_all` (the three).
 - `best_relevance_control`: the best trained row served with relevance control
@@ -55,10 +54,7 @@ _MAKE = {
   'loss.weights.qpm': 1.0,
   'loss.weights.qpc': 1.0,
   'loss.cdns_start_fraction': 1.0,
-  # No MBNS as w1 = 0 (qpm.py masks the queue then), not bank_batches = 0: the trainer
-  # cannot checkpoint a zero-size queue (orbax refuses zero-size arrays).
-  'loss.w_mbns': 0.0,
-  'loss.bank_batches': 1,
+  'loss.bank_batches': 0,  # No MBNS: the state carries no queue.
 }
 _MBNS = {'loss.w_mbns': 0.25, 'loss.bank_batches': 8}
 # The scale of the trained rows: base model width on fashion, 5k steps of 256 pairs
