@@ -4,9 +4,12 @@ r"""The main job on the embedded default: build synthetic data, show examples, t
 
 Any config field can be overridden, e.g. `--config.train.num_steps=50` or
 `--config.data.builder_config=zh_small` (the Chinese variant).
+
+The stages print what they do; library INFO logs (orbax, Beam, the trainer's set-up) are
+hidden unless `--verbosity=0` (or higher) is given.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from make_jax import quickstart
@@ -19,6 +22,8 @@ _SHOW = flags.DEFINE_integer('show', 3, 'Training examples to print.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   quickstart.run(_CONFIG.value, _WORKDIR.value, show=_SHOW.value)
 
 
