@@ -6,14 +6,20 @@ r"""Builds the ScaNN index of an embedding export (and tunes it with --tune).
 Brute force below --brute_force_below products; above, a spherical k-means tree of
 ~2*sqrt(N) leaves with asymmetric hashing and exact re-ranking (make_jax/export/index.py).
 The directory can be moved; it is written to a staging directory and renamed when complete.
+With --workdir (a trained run), --embeddings and --out default to `<workdir>/export/products`
+and `<workdir>/export/index`, where `tools.serve --workdir` reads them.
 """
+
+import pathlib
 
 from absl import app, flags
 
 from make_jax.export import index as index_lib
+from make_jax.serving import service
 
-_EMB = flags.DEFINE_string('embeddings', None, 'Export directory (tools.export).', required=True)
-_OUT = flags.DEFINE_string('out', None, 'Index directory (replaced atomically).', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Trained run whose export/ to index.')
+_EMB = flags.DEFINE_string('embeddings', '', 'Export directory (tools.export).')
+_OUT = flags.DEFINE_string('out', '', 'Index directory (replaced atomically).')
 _K = flags.DEFINE_integer('k', 100, 'Default neighbours per query.')
 _BF = flags.DEFINE_integer('brute_force_below', 50_000, 'Brute force below this many products.')
 _TUNE = flags.DEFINE_bool('tune', False, 'Sweep search settings against exact search.')
@@ -25,9 +31,14 @@ _RECALL = flags.DEFINE_float('target_recall', 0.95, 'Recall@k the tuned setting 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  layout = service.WorkdirLayout(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
+  emb = _EMB.value or (str(layout.products) if layout else '')
+  out = _OUT.value or (str(layout.index) if layout else '')
+  if not (emb and out):
+    raise app.UsageError('give --workdir, or both --embeddings and --out')
   index = index_lib.build_from_export(
-    _EMB.value,
-    _OUT.value,
+    emb,
+    out,
     k=_K.value,
     brute_force_below=_BF.value,
     do_tune=_TUNE.value,

@@ -7,23 +7,27 @@ r"""Builds the offline qid -> top-K products table of a query log (a Beam pipeli
 One row per distinct sorted-word sequence (its qid as in training, the most frequent surface
 form, summed counts, top-K ids and scores); shards of memory-mapped sorted arrays,
 published atomically with a manifest naming the index and model (make_jax/export/query_table.py).
+With --workdir, --index and --out default to `<workdir>/export/index` and
+`<workdir>/export/query_table`, and without --config the run's `config.json` is the config.
 """
 
+import pathlib
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from make_jax.export import model_handler, query_table
+from make_jax.serving import service
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Model config.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trainer workdir (checkpoints, vocab.txt).')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', '', 'A checkpoint dir (default: the newest).')
 _VOCAB = flags.DEFINE_string('vocab', '', 'vocab.txt (default: <workdir>/vocab.txt).')
 _RANDOM = flags.DEFINE_bool('random_init', False, 'Use a randomly initialised model.')
-_INDEX = flags.DEFINE_string('index', None, 'Index directory (tools.build_index).', required=True)
+_INDEX = flags.DEFINE_string('index', '', 'Index directory (tools.build_index).')
 _QUERIES = flags.DEFINE_list('queries', None, 'Query log files.', required=True)
-_OUT = flags.DEFINE_string('out', None, 'Table directory (replaced atomically).', required=True)
+_OUT = flags.DEFINE_string('out', '', 'Table directory (replaced atomically).')
 _K = flags.DEFINE_integer('k', 100, 'Products per query.')
 _QCOL = flags.DEFINE_integer('query_column', 0, 'Tab-separated column of the query.')
 _CCOL = flags.DEFINE_integer('count_column', 1, 'Column of the count (-1: none).')
@@ -36,7 +40,12 @@ _BEAM = flags.DEFINE_list('beam_args', [], 'Beam pipeline options, comma-separat
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  config = service.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
+  layout = service.WorkdirLayout(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
+  index = _INDEX.value or (str(layout.index) if layout else '')
+  out = _OUT.value or (str(layout.query_table) if layout else '')
+  if not (index and out):
+    raise app.UsageError('give --workdir, or both --index and --out')
   vocab, loader = model_handler.model_source(
     config,
     workdir=_WORKDIR.value,
@@ -49,8 +58,8 @@ def main(argv):
     config,
     vocab,
     _QUERIES.value,
-    _INDEX.value,
-    _OUT.value,
+    index,
+    out,
     loader=loader,
     k=_K.value,
     shard_bits=_BITS.value,

@@ -7,20 +7,27 @@ r"""Exports product (or, with --queries, query) embeddings as a Beam pipeline.
 
 The params are the newest checkpoint under `<workdir>/checkpoints/` (or --checkpoint);
 --random_init exports an untrained model. The vocabulary is `<workdir>/vocab.txt` unless
---vocab or `config.text.vocab_path` says otherwise.
+--vocab or `config.text.vocab_path` says otherwise. Without --config, a workdir's own
+`config.json` is the config; without --out, products go to `<workdir>/export/products`
+(where `tools.serve --workdir` reads them).
 """
+
+import pathlib
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from make_jax.export import embed, model_handler
+from make_jax.serving import service
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Model config.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trainer workdir (checkpoints, vocab.txt).')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', '', 'A checkpoint dir (default: the newest).')
 _VOCAB = flags.DEFINE_string('vocab', '', 'vocab.txt (default: <workdir>/vocab.txt).')
 _RANDOM = flags.DEFINE_bool('random_init', False, 'Export a randomly initialised model.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (replaced atomically).', required=True)
+_OUT = flags.DEFINE_string(
+  'out', '', 'Output directory (replaced atomically; default <workdir>/export/products).'
+)
 _QUERIES = flags.DEFINE_list('queries', [], 'Query log files: export queries, not products.')
 _QCOL = flags.DEFINE_integer('query_column', 0, 'Tab-separated column of the query.')
 _CCOL = flags.DEFINE_integer('count_column', 1, 'Column of the count (-1: none).')
@@ -35,7 +42,12 @@ _BEAM = flags.DEFINE_list('beam_args', [], 'Beam pipeline options, comma-separat
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  config = service.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
+  out = _OUT.value
+  if not out:
+    if _QUERIES.value or not _WORKDIR.value:
+      raise app.UsageError('--out is required (it defaults only for a --workdir catalogue export)')
+    out = str(service.WorkdirLayout(pathlib.Path(_WORKDIR.value)).products)
   vocab, loader = model_handler.model_source(
     config,
     workdir=_WORKDIR.value,
@@ -55,16 +67,14 @@ def main(argv):
       config,
       vocab,
       _QUERIES.value,
-      _OUT.value,
+      out,
       query_column=_QCOL.value,
       count_column=_CCOL.value,
       **common,
     )
   else:
-    m = embed.export_catalogue(
-      config, vocab, _OUT.value, split=_SPLIT.value, limit=_LIMIT.value, **common
-    )
-  logging.info('Exported %d embeddings of dim %d to %s', m['count'], m['dim'], _OUT.value)
+    m = embed.export_catalogue(config, vocab, out, split=_SPLIT.value, limit=_LIMIT.value, **common)
+  logging.info('Exported %d embeddings of dim %d to %s', m['count'], m['dim'], out)
   print({k: v for k, v in m.items() if k != 'shards'})
 
 

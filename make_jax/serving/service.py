@@ -106,6 +106,19 @@ def catalogue_for_config(
   raise ValueError(f'no catalogue reader for dataset {config.data.name!r}')
 
 
+def run_config(
+  workdir: str | os.PathLike, flag_config: ml_collections.ConfigDict, given: bool
+) -> ml_collections.ConfigDict:
+  """The config a tool acting on a run uses: `--config` if `given`, else the run's own.
+
+  A workdir with `config.json` and no explicit `--config` means the run's config (so an
+  export or table is made with the model that was trained); otherwise `flag_config`.
+  """
+  if not given and workdir and (pathlib.Path(workdir) / 'config.json').exists():
+    return load_config(workdir)
+  return flag_config
+
+
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The run's config from `<workdir>/config.json`."""
   path = pathlib.Path(workdir) / 'config.json'
