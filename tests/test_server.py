@@ -62,9 +62,8 @@ def searcher():
   )
 
 
-@pytest.fixture(scope='module')
-def service(searcher):
-  catalogue = searcher.catalogue
+def serve(searcher):
+  """Runs the real server over `searcher` on a free loopback port; yields the port."""
   sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
   sock.bind(('127.0.0.1', 0))
   port = sock.getsockname()[1]
@@ -76,13 +75,19 @@ def service(searcher):
   while not srv.started:
     assert time.monotonic() < deadline, 'server did not start'
     time.sleep(0.05)
-  yield port, catalogue
+  yield port
   srv.should_exit = True
   thread.join(timeout=10)
   sock.close()
 
 
-def _get(port, target, method='GET'):
+@pytest.fixture(scope='module')
+def service(searcher):
+  for port in serve(searcher):
+    yield port, searcher.catalogue
+
+
+def get(port, target, method='GET'):
   conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
   conn.request(method, target)
   r = conn.getresponse()
@@ -132,7 +137,7 @@ BAD = {
 def test_bad_input_is_a_400_with_a_message(service, case):
   port, _ = service
   target, words = BAD[case]
-  status, ctype, body = _get(port, target)
+  status, ctype, body = get(port, target)
   assert status == 400, (case, status, body[:200])
   assert 'application/json' in ctype
   assert words in json.loads(body)['error']
@@ -142,18 +147,18 @@ def test_raw_bytes_and_huge_queries_are_4xx(service):
   port, _ = service
   status, _ = _raw_get(port, b'/search?q=\xff\xfe')
   assert status == 400
-  status, _, _ = _get(port, '/search?q=' + 'a' * 20_000)
+  status, _, _ = get(port, '/search?q=' + 'a' * 20_000)
   assert 400 <= status < 500
-  assert _get(port, '/search?q=shirt', method='POST')[0] == 405
-  assert _get(port, '/image/abc')[0] == 400
-  assert _get(port, '/image/99999999')[0] == 404
-  assert _get(port, '/nowhere')[0] == 404
+  assert get(port, '/search?q=shirt', method='POST')[0] == 405
+  assert get(port, '/image/abc')[0] == 400
+  assert get(port, '/image/99999999')[0] == 404
+  assert get(port, '/nowhere')[0] == 404
 
 
 def test_good_query_answers_json(service):
   port, catalogue = service
   brand = catalogue.attributes['brand'][0]
-  status, ctype, body = _get(port, f'/search?q={brand}+shirts&k=7&unknown=1')
+  status, ctype, body = get(port, f'/search?q={brand}+shirts&k=7&unknown=1')
   assert status == 200 and 'application/json' in ctype
   answer = json.loads(body)
   assert answer['path'] == 'online' and answer['k'] == 7
@@ -168,13 +173,13 @@ def test_good_query_answers_json(service):
   scores = [r['score'] for r in answer['results']]
   assert scores == sorted(scores, reverse=True)
   # Unicode queries are fine; k defaults to 10.
-  status, _, body = _get(port, '/search?q=%E7%BA%A2%E8%89%B2+%F0%9F%91%97')
+  status, _, body = get(port, '/search?q=%E7%BA%A2%E8%89%B2+%F0%9F%91%97')
   assert status == 200 and len(json.loads(body)['results']) == 10
 
 
 def test_table_hit_says_its_path(service):
   port, _ = service
-  status, _, body = _get(port, '/search?q=query+cached&k=5')
+  status, _, body = get(port, '/search?q=query+cached&k=5')
   answer = json.loads(body)
   assert status == 200 and answer['path'] == 'table'
   assert [r['product_id'] for r in answer['results']] == [0, 1, 2, 3, 4]
@@ -182,19 +187,19 @@ def test_table_hit_says_its_path(service):
 
 def test_image_healthz_page_and_metrics(service):
   port, catalogue = service
-  status, ctype, body = _get(port, f'/image/{int(catalogue.ids[3])}')
+  status, ctype, body = get(port, f'/image/{int(catalogue.ids[3])}')
   assert status == 200 and ctype == 'image/png' and body.startswith(b'\x89PNG')
-  status, _, body = _get(port, '/healthz')
+  status, _, body = get(port, '/healthz')
   assert status == 200 and json.loads(body)['products'] == len(catalogue)
-  status, ctype, body = _get(port, '/')
+  status, ctype, body = get(port, '/')
   assert status == 200 and 'text/html' in ctype and b'search-form' in body
   for asset in ('app.js', 'style.css'):
-    status, _, body = _get(port, f'/static/{asset}')
+    status, _, body = get(port, f'/static/{asset}')
     assert status == 200
     assert b'http://' not in body and b'https://' not in body  # No external assets.
-  _get(port, '/search?q=')
-  _get(port, '/search?q=query+cached')
-  status, _, body = _get(port, '/metrics')
+  get(port, '/search?q=')
+  get(port, '/search?q=query+cached')
+  status, _, body = get(port, '/metrics')
   text = body.decode()
   assert status == 200
   assert 'make_requests_total{endpoint="/search",status="400"}' in text
@@ -234,7 +239,7 @@ def test_random_unicode_queries_never_get_a_500(service):
     cps = rng.integers(0, 0x30000, n)
     text = ''.join(chr(c) for c in cps if not 0xD800 <= c <= 0xDFFF)
     target = '/search?q=' + urllib.parse.quote(text, safe='') + f'&k={int(rng.integers(1, 30))}'
-    status, _, body = _get(port, target)
+    status, _, body = get(port, target)
     assert status in (200, 400), (text, status, body[:200])
     statuses.add(status)
   assert statuses == {200, 400}

@@ -5,13 +5,16 @@ builder's rule) with random unit vectors as embeddings; the reference is a naive
 filtered search that reads the attribute columns directly, not the inverted index.
 """
 
+import json
 import pathlib
+import urllib.parse
 
 import numpy as np
 import pytest
 
 from make_jax.serving import catalogue as catalogue_lib
-from make_jax.serving import filters, index, query_understanding
+from make_jax.serving import filters, index, query_understanding, search
+from make_jax.text.preprocess import TextPreprocessor
 
 ZIP = pathlib.Path(__file__).resolve().parents[2] / 'shared/data/fashion-product-images-small.zip'
 QUERIES = [
@@ -205,3 +208,34 @@ def test_synthetic_query_intents_are_understood(language):
   for i in range(200):
     want = {f: [pairs[f'query_{f}'][i]] for f in ('brand', 'category') if pairs[f'query_{f}'][i]}
     assert rc.understand(pairs['query'][i])[0].as_dict() == want, pairs['query'][i]
+
+
+def test_http_branded_query_on_fashion_satisfies_its_filter(fashion):
+  """Over HTTP (the real server), a branded fashion query's results all carry its filter,
+  and they are exactly the filtered exact top-k of the query's embedding."""
+  import test_server
+  from test_server import HashingEncoder, get, serve
+
+  cat, rc = fashion
+  emb = _unit(np.random.default_rng(1), len(cat), test_server.DIM)
+  pre = TextPreprocessor.from_corpus(cat.titles[:2000], 2000)
+  searcher = search.Searcher(
+    cat,
+    pre,
+    filters.FilteredSearch(index.ExactIndex(emb), emb, rc.inverted),
+    rc,
+    encoder=HashingEncoder(),
+  )
+  for port in serve(searcher):
+    for text in ('nike tshirts', 'puma shoes for men', 'red adidas tees'):
+      status, _, body = get(port, '/search?' + urllib.parse.urlencode({'q': text, 'k': 10}))
+      assert status == 200, body
+      answer = json.loads(body)
+      filt, _ = rc.understand(text)
+      assert answer['filters'] == filt.as_dict() and 'brand' in answer['filters'], answer
+      rows = cat.rows_of_ids(np.array([r['product_id'] for r in answer['results']]))
+      for field, values in answer['filters'].items():
+        for row in rows:
+          assert cat.attributes[field][row] in values, (text, field, cat.titles[row])
+      want = _naive_filtered_top(cat, emb, HashingEncoder().encode(text), filt, 10)
+      assert rows.tolist() == want.tolist(), text
