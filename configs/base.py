@@ -75,6 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ResNet runs once); False: one pass, embeddings from the MLM/MPM-masked inputs (cheaper,
   # but a short query whose only keyword is masked cannot be matched).
   c.model.retrieval_from_unmasked = True
+  # Product tower reads the image (MAKE). False: the text-only two-tower, the product is the
+  # projected title [CLS] alone (no image encoder, fusion or MA; weights (1, 0)); the image
+  # losses (loss.weights mpm, mpm_r) must then be 0.
+  c.model.product_image = True
 
   # --- Masking for MLM / MPM and Keyword Enhancement (SPEC sections 3, 4) ---------------
   c.masking = ml_collections.ConfigDict()

@@ -128,7 +128,7 @@ def test_results_driver_writes_scored_rows(tmp_path):
   bm25 = out['rows']['bm25']['splits']['default/test']
   assert bm25['overall']['recall@1'] == 1.0
   assert out['rows']['make']['status'].startswith('not trained')
-  assert 'title-only' in out['rows']['two_tower_text']['status']
+  assert out['rows']['two_tower_text']['status'].startswith('not trained')
   # The ranked lists score the same through the file, as tools/evaluate.py reads them.
   ranked, counts = sources.read_ranked_lines(tmp_path / 'bm25' / 'default_test.jsonl')
   assert counts['bad_lines'] == 0

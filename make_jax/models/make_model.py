@@ -16,6 +16,13 @@ product embedding is normalize(a_title * proj_t(h_title) + a_image * proj_i(h_im
 MA off: no fusion, fixed (0.5, 0.5). An image-missing product gets (1, 0) exactly, its image
 keys are masked out of fusion, and its embedding is proj_t(h_title) alone, so it does not
 depend on the pixels at all.
+
+`product_image=False` is the text-only two-tower (the CLIP-style baseline): the product tower
+is the title encoder alone, normalize(proj_t(title [CLS])), with weights (1, 0) for every
+product. The image encoder, fusion, gate, image projection and the MPM / MPM_R heads and
+temperature are never created, the image inputs are accepted and ignored (the towers keep
+their signatures), and the outputs have no `mpm_*` keys, so a loss that needs them cannot
+be configured (`ModelConfig.from_config` refuses it).
 """
 
 import math
@@ -46,6 +53,8 @@ OUTPUT_KEYS = (
   'qpm_temperature',  # Only with cfg.loss.qpm_learn_temperature (else the loss's constant).
   'mpm_r_tau',
 )
+# The outputs that need the product image: absent with model.product_image=False.
+IMAGE_OUTPUT_KEYS = ('mpm_pred', 'mpm_r_pred', 'mpm_target', 'mpm_r_tau')
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -61,13 +70,16 @@ class MakeModel(nn.Module):
 
   def setup(self):
     cfg = self.cfg
+    image = cfg.product_image  # False: the text-only product tower; no image module exists.
     self.query_encoder = TextEncoder(cfg, name='query_encoder')
     self.title_encoder = TextEncoder(cfg, name='title_encoder')
-    self.image_encoder = ImageEncoder(cfg, name='image_encoder')
+    if image:
+      self.image_encoder = ImageEncoder(cfg, name='image_encoder')
     self.query_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'query_proj')
     self.title_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'title_proj')
-    self.image_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
-    if cfg.modal_adaptation:
+    if image:
+      self.image_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
+    if image and cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
         partitioned(weight_init(cfg), ('modalities', 'embed')),
@@ -79,8 +91,9 @@ class MakeModel(nn.Module):
       self.gate_out = dense(cfg, 2, ('mlp', 'modalities'), 'gate_out')
     self.mlm_query_head = MlmHead(cfg, name='mlm_query_head')
     self.mlm_title_head = MlmHead(cfg, name='mlm_title_head')
-    self.mpm_head = RegionHead(cfg, cfg.hidden_size, name='mpm_head')
-    self.mpm_r_head = RegionHead(cfg, cfg.hidden_size, name='mpm_r_head')
+    if image:
+      self.mpm_head = RegionHead(cfg, cfg.hidden_size, name='mpm_head')
+      self.mpm_r_head = RegionHead(cfg, cfg.hidden_size, name='mpm_r_head')
     # The model owns only the trainable temperatures (a fixed QPM temperature and the QPC
     # constants are read from cfg.loss by the losses). Stored as logs so that exp() keeps
     # them positive under any update.
@@ -88,9 +101,10 @@ class MakeModel(nn.Module):
       self.log_qpm_temperature = self.param(
         'log_qpm_temperature', nn.initializers.constant(math.log(cfg.qpm_temperature)), ()
       )
-    self.log_mpm_r_tau = self.param(
-      'log_mpm_r_tau', nn.initializers.constant(math.log(cfg.mpm_r_tau)), ()
-    )
+    if image:
+      self.log_mpm_r_tau = self.param(
+        'log_mpm_r_tau', nn.initializers.constant(math.log(cfg.mpm_r_tau)), ()
+      )
 
   # --- Encoders ----------------------------------------------------------------------------
 
@@ -110,10 +124,22 @@ class MakeModel(nn.Module):
     *,
     train: bool = False,
   ) -> tuple[jax.Array, jax.Array]:
-    """Product embeddings [B, d] (L2-normalised, float32) and modal weights [B, 2]."""
+    """Product embeddings [B, d] (L2-normalised, float32) and modal weights [B, 2].
+
+    With `product_image=False` the image inputs are ignored (the signature stays the same
+    for every caller: export, serving, evaluation).
+    """
     title = self.title_encoder(title_ids, title_mask, train=train)
+    if not self.cfg.product_image:
+      return self._title_only(title)
     img = self.image_encoder(image, None, train=train).tokens
     return self._fuse(title, title_mask, img, image_missing, train)
+
+  def _title_only(self, title):
+    """The text-only product tower: normalize(proj_t(title [CLS])), weights (1, 0)."""
+    emb = l2_normalize(self.title_proj(title[:, 0]).astype(jnp.float32))
+    weights = jnp.broadcast_to(jnp.array([1.0, 0.0], jnp.float32), (title.shape[0], 2))
+    return constrain(emb, ('act_batch', 'act_embed')), weights
 
   def _fuse(self, title, title_mask, img, image_missing, train):
     """Modal Adaptation over title and image token outputs -> (embedding, modal weights)."""
@@ -161,7 +187,9 @@ class MakeModel(nn.Module):
     silent fall-back to the masked ids.
     """
     cfg = self.cfg
-    required = ['query_ids', 'query_mask', 'title_ids', 'title_mask', 'image', 'image_missing']
+    required = ['query_ids', 'query_mask', 'title_ids', 'title_mask']
+    if cfg.product_image:
+      required += ['image', 'image_missing']
     required += ['mlm_query_positions', 'mlm_title_positions']
     if cfg.retrieval_from_unmasked:
       required += ['query_clean_ids', 'title_clean_ids']
@@ -175,23 +203,27 @@ class MakeModel(nn.Module):
     # Masked pass: MLM / MPM inputs.
     query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train)
     title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train)
-    image = self.image_encoder(
-      batch['image'],
-      batch.get('mpm_mask'),
-      train=train,
-      with_unmasked=cfg.retrieval_from_unmasked,
-    )
+    image = None
+    if cfg.product_image:
+      image = self.image_encoder(
+        batch['image'],
+        batch.get('mpm_mask'),
+        train=train,
+        with_unmasked=cfg.retrieval_from_unmasked,
+      )
     # Retrieval pass: the unmasked inputs (the ResNet ran once, above).
-    query_clean, title_clean, img_clean = query, title, image.tokens
+    query_clean, title_clean = query, title
     if cfg.retrieval_from_unmasked:
       query_clean = self.query_encoder(batch['query_clean_ids'], batch['query_mask'], train=train)
       title_clean = self.title_encoder(batch['title_clean_ids'], batch['title_mask'], train=train)
-      img_clean = image.unmasked_tokens
     query_emb = l2_normalize(self.query_proj(query_clean[:, 0]))
-    product_emb, weights = self._fuse(
-      title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
-    )
-    regions = image.tokens[:, 1:]
+    if image is None:
+      product_emb, weights = self._title_only(title_clean)
+    else:
+      img_clean = image.unmasked_tokens if cfg.retrieval_from_unmasked else image.tokens
+      product_emb, weights = self._fuse(
+        title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
+      )
     out = {
       'query_emb': query_emb,
       'product_emb': product_emb,
@@ -203,12 +235,14 @@ class MakeModel(nn.Module):
       'mlm_title_logits': self.mlm_title_head(
         title, batch['mlm_title_positions'], self.title_encoder.attend
       ),
-      'mpm_pred': self.mpm_head(regions),
-      'mpm_r_pred': self.mpm_r_head(regions),
-      # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
-      'mpm_target': image.regions.astype(jnp.float32),
-      'mpm_r_tau': jnp.exp(self.log_mpm_r_tau),
     }
+    if image is not None:
+      regions = image.tokens[:, 1:]
+      out['mpm_pred'] = self.mpm_head(regions)
+      out['mpm_r_pred'] = self.mpm_r_head(regions)
+      # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
+      out['mpm_target'] = image.regions.astype(jnp.float32)
+      out['mpm_r_tau'] = jnp.exp(self.log_mpm_r_tau)
     if cfg.qpm_learn_temperature:
       out['qpm_temperature'] = jnp.exp(self.log_qpm_temperature)
     return out

@@ -14,6 +14,8 @@ _RESNET_DEPTHS = (18, 50, 101)
 # temperatures it trains, and whether the QPM temperature trains at all. Every other loss
 # constant is read by the losses from cfg.loss alone.
 _LOSS_FIELDS = ('qpm_temperature', 'qpm_learn_temperature', 'mpm_r_tau')
+# Loss terms that read the product image (the MPM heads' outputs): impossible without it.
+IMAGE_LOSSES = ('mpm', 'mpm_r')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ModelConfig:
   modal_adaptation: bool = True
   fusion_layers: int = 1
   retrieval_from_unmasked: bool = True
+  product_image: bool = True
   # From the loss section: the trainable temperatures' initial values.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
@@ -88,4 +91,13 @@ class ModelConfig:
     for k in _LOSS_FIELDS:
       if k in loss:
         values[k] = loss[k]
+    if not values.get('product_image', True):
+      weights = dict(loss.get('weights', {}))
+      on = [k for k in IMAGE_LOSSES if weights.get(k, 0) > 0]
+      if on:
+        raise ValueError(
+          f'model.product_image=False (text-only product tower) has no image, but '
+          f'loss.weights {", ".join(f"{k}={weights[k]}" for k in on)} ask for image losses; '
+          f'set them to 0'
+        )
     return cls(**values)
