@@ -5,10 +5,16 @@ dominated by compiling small programs, not running them, and this halves its tim
 tiny model's init compiled in 41 s at the default level, 8.6 s at level 0). Results are
 compared within one process or against tolerances, never against the optimised build's
 bits. Set XLA_FLAGS with another `--xla_backend_optimization_level` to override.
+
+Compiled programs also go to JAX's persistent compilation cache (a directory in the system
+temp dir, shared by the pytest workers and the trainer subprocesses they start): the trainer
+tests start several processes that compile the same step, and later ones load it instead.
+Set JAX_COMPILATION_CACHE_DIR to use another directory.
 """
 
 import os
 import sys
+import tempfile
 
 # Must run before any `import jax`: tests that shard over 8 devices rely on it.
 _flags = os.environ.get('XLA_FLAGS', '')
@@ -18,6 +24,11 @@ if '--xla_backend_optimization_level' not in _flags:
   _flags += ' --xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = _flags.strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR',
+  os.path.join(tempfile.gettempdir(), f'make_jax_tests_xla_{os.getuid()}'),
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
