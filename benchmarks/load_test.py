@@ -13,6 +13,11 @@ What runs:
   its table. So table lookups and their filtering are real; the table is not the
   memory-mapped shards of `tools.build_query_table`, and its answers come from the same
   random model as the online path.
+* With `--workdir=W` (a trained run with its export, index and query table built, e.g. by
+  `tools.build_query_table --workdir=W --queries=<multi-cpr-ecom>/dev.query.txt
+  --query_column=1 --count_column=-1`), the server is `tools.serve --workdir`'s searcher
+  instead: the run's newest checkpoint, its ScaNN index and its memory-mapped table; the
+  `table` mix is the dev queries the table holds.
 * Query mixes, one after the other, each for `--duration_s` after a short warm-up:
   `table` (the dev queries: every one a table hit) and `online` (real queries of
   `train.query.txt` whose qid is not in the table: every one encoded by the model);
@@ -56,6 +61,9 @@ _QUERIES_DIR = flags.DEFINE_string(
 )
 _NUM_TABLE = flags.DEFINE_integer('table_queries', 1000, 'Dev queries put in the table.')
 _NUM_ONLINE = flags.DEFINE_integer('online_queries', 5000, 'Train queries tried online.')
+_WORKDIR = flags.DEFINE_string(
+  'workdir', '', "A trained run's workdir to serve (export, index, table; see above)."
+)
 _MIXES = flags.DEFINE_list(
   'mixes', ['healthz', 'table', 'online'], 'Mixes to run, in order (healthz: the HTTP floor).'
 )
@@ -81,9 +89,49 @@ def _serve(config, num_products, table_queries, online_queries, table_k, enc_kwa
   """Server process: builds the searcher and its table, reports, then serves until SIGTERM."""
   import uvicorn
 
-  from make_jax.serving import index, search, server, service
+  from make_jax.serving import server, service
 
   start = time.perf_counter()
+  workdir = enc_kwargs.pop('workdir', '')
+  if workdir:
+    from make_jax.train import checkpoint
+
+    params, step = checkpoint.latest_params(workdir, service.load_config(workdir))
+    searcher = service.searcher_from_workdir(workdir, params=params, step=step, **enc_kwargs)
+    built = time.perf_counter() - start
+    if searcher.table is None:
+      raise ValueError(f'{workdir} has no query table: build it (see the module docstring)')
+    hits = lambda q: searcher.table.lookup(searcher.preprocessor.words(q)) is not None
+    entries = dict.fromkeys(q for q in table_queries if hits(q))
+    table_queries[:] = list(entries)
+    online = [q for q in online_queries if not hits(q)]
+  else:
+    searcher, entries, online, built = _demo(
+      config, num_products, table_queries, online_queries, table_k, enc_kwargs, start
+    )
+  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  sock.bind(('127.0.0.1', 0))
+  reply.put(
+    {
+      'port': sock.getsockname()[1],
+      'table': table_queries,
+      'online': online,
+      'table_entries': len(entries),
+      'products': len(searcher.catalogue),
+      'build_s': built,
+      'setup_s': time.perf_counter() - start,
+    }
+  )
+  app_ = server.create_app(searcher)
+  uvicorn.Server(uvicorn.Config(app_, log_level='warning', access_log=False, lifespan='off')).run(
+    sockets=[sock]
+  )
+
+
+def _demo(config, num_products, table_queries, online_queries, table_k, enc_kwargs, start):
+  """(demo searcher with a DictTable of the table queries, entries, online queries, build s)."""
+  from make_jax.serving import index, search, service
+
   demo = service.demo_searcher(config, num_products, **enc_kwargs)
   built = time.perf_counter() - start
   answers = demo.search_batch(table_queries, table_k, use_filters=False)
@@ -101,22 +149,7 @@ def _serve(config, num_products, table_queries, online_queries, table_k, enc_kwa
     modal_weights=demo.modal_weights,
   )
   online = [q for q in online_queries if demo.preprocessor.qid(q) not in entries]
-  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-  sock.bind(('127.0.0.1', 0))
-  reply.put(
-    {
-      'port': sock.getsockname()[1],
-      'online': online,
-      'table_entries': len(entries),
-      'products': len(searcher.catalogue),
-      'build_s': built,
-      'setup_s': time.perf_counter() - start,
-    }
-  )
-  app_ = server.create_app(searcher)
-  uvicorn.Server(uvicorn.Config(app_, log_level='warning', access_log=False, lifespan='off')).run(
-    sockets=[sock]
-  )
+  return searcher, entries, online, built
 
 
 async def _client(session, url, queries, first, step, k, stop_at, out, errors):
@@ -245,7 +278,9 @@ def main(argv: list[str]) -> None:
   online_queries = read_queries(queries_dir / 'train.query.txt', _NUM_ONLINE.value)
   ctx = multiprocessing.get_context('spawn')
   reply = ctx.Queue()
-  enc_kwargs = dict(max_batch=_MAX_BATCH.value, max_wait_ms=_MAX_WAIT_MS.value)
+  enc_kwargs = dict(
+    max_batch=_MAX_BATCH.value, max_wait_ms=_MAX_WAIT_MS.value, workdir=_WORKDIR.value
+  )
   args = (config, _NUM_PRODUCTS.value or None, table_queries, online_queries, _TABLE_K.value)
   proc = ctx.Process(target=_serve, args=(*args, enc_kwargs, reply), daemon=True)
   proc.start()
@@ -254,15 +289,15 @@ def main(argv: list[str]) -> None:
     base = f'http://127.0.0.1:{info["port"]}'
     print(
       f'server: {info["products"]} products, model {config.model.hidden_size} wide x '
-      f'{config.model.num_layers} layers, query_len {config.text.query_len}; demo searcher '
-      f'built in {info["build_s"]:.1f} s, table of {info["table_entries"]} real queries in '
+      f'{config.model.num_layers} layers, query_len {config.text.query_len}; '
+      f'{"workdir " + _WORKDIR.value if _WORKDIR.value else "demo"} searcher built in {info["build_s"]:.1f} s, table of {info["table_entries"]} real queries in '
       f'{info["setup_s"] - info["build_s"]:.1f} s; {len(info["online"])} online queries'
     )
     _wait_for_health(base, proc, _START_TIMEOUT.value)
     print(
       f'load: k={_K.value}, {_DURATION.value:.0f} s per mix after {_WARMUP.value:.0f} s warm-up'
     )
-    mixes = {'healthz': [''], 'table': table_queries, 'online': info['online']}
+    mixes = {'healthz': [''], 'table': info['table'], 'online': info['online']}
     for clients in (int(c) for c in _CLIENTS.value):
       for mix in _MIXES.value:
         endpoint = '/healthz' if mix == 'healthz' else '/search'
