@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from make_jax.datasets import fashion, synthetic
+from make_jax.serving import index
 from make_jax.serving import query_understanding as qu
 
 
@@ -53,11 +54,7 @@ class Catalogue:
 
   def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
     """Row of each product id (int64), -1 for ids not in the catalogue."""
-    ids = np.asarray(ids, np.int64)
-    if not len(self._sorted):
-      return np.full(ids.shape, -1, np.int64)
-    pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-    return np.where(self._sorted[pos] == ids, self._order[pos], -1).astype(np.int64)
+    return index.rows_of_ids(self._sorted, self._order, ids)
 
   def take(self, rows: np.ndarray) -> 'Catalogue':
     """The catalogue of the given rows, in their order (e.g. the export's order)."""

@@ -55,6 +55,19 @@ class QueryTable(Protocol):
     ...
 
 
+def rows_of_ids(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
+  """Row of each of `ids` (int64, -1 where absent) by binary search.
+
+  sorted_ids: the rows' product ids sorted; order: `np.argsort` of the rows' ids (so
+  `sorted_ids = row_ids[order]`).
+  """
+  ids = np.asarray(ids, np.int64)
+  if not len(sorted_ids):
+    return np.full(ids.shape, -1, np.int64)
+  pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+  return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Indices and values of the k largest entries of each row of `scores` [B, N], sorted.
 
@@ -176,11 +189,7 @@ class RowIndex:
 
   def rows_of(self, ids: np.ndarray) -> np.ndarray:
     """Row of each product id (-1 where it is not one of the rows)."""
-    ids = np.asarray(ids, np.int64)
-    if not len(self._sorted):
-      return np.full(ids.shape, -1, np.int64)
-    pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-    return np.where(self._sorted[pos] == ids, self._order[pos], -1).astype(np.int64)
+    return rows_of_ids(self._sorted, self._order, ids)
 
   def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     queries = np.asarray(queries, np.float32)
