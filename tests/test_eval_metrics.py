@@ -35,6 +35,8 @@ def test_k_larger_than_the_catalogue_means_all_of_it():
   # Catalogue of 3: retrieved has 3 columns; @100 is @3.
   retrieved = np.array([[1, 2, 3]])
   assert metrics.recall_at_k(retrieved, [{3}], ks=(2, 100)).tolist() == [[0.0, 1.0]]
+  # A list with no target is a miss at every K, K past its end included.
+  assert metrics.recall_at_k(retrieved, [{7}], ks=(2, 3, 100)).tolist() == [[0.0, 0.0, 0.0]]
   cats = np.array([['shoe', 'shirt', 'shoe']])
   got = metrics.p_cate_at_k(cats, ['shoe'], ks=(1, 2, 100))
   np.testing.assert_allclose(got, [[1.0, 0.5, 2 / 3]])

@@ -141,10 +141,10 @@ def test_results_driver_writes_scored_rows(tmp_path):
 
 
 def test_overrides_name_real_config_fields():
-  from configs import base
+  from configs import results as results_config
 
-  config = base.get_config()
+  config = results_config.get_config()
   for row in results.ROWS:
-    results.apply_overrides(results.apply_overrides(config, results.TRAIN_SCALE), row.overrides)
+    results.apply_overrides(config, row.overrides)
   with pytest.raises(KeyError, match='loss.cdns'):
     results.apply_overrides(config, {'loss.cdns': 1.0})

@@ -2,24 +2,35 @@ r"""The results table: every row on fashion_products test and hide_colour test, 
 
   # The baselines (no training), as docs/results.md reports them:
   python -m tools.results --rows=bm25,minilm --data_dir=/tmp/tfds --out=/tmp/results
-  # Every row, training the trained rows at evaluation.results.TRAIN_SCALE first:
+  # Every row, training the trained rows at the scale of configs/results.py first:
   python -m tools.results --rows=all --train --data_dir=/tmp/tfds --out=/tmp/results
+
+The trained rows run on 8 devices (`pmap`, so that CDNS gathers negatives across them):
+on a CPU host this command makes 8 host-platform devices unless XLA_FLAGS already names a
+count.
 
 Rows, what each trains and what is not wired yet: make_jax/evaluation/results.py.
 Writes <out>/results.json, <out>/results.md and the ranked lists of every row and split
 (JSON lines that tools/evaluate.py scores alike); prints the table.
 """
 
+import os
 import pathlib
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Before JAX is imported: 8 host devices stand in for accelerators on CPU.
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 
-from make_jax.datasets import loading
-from make_jax.evaluation import eval_set, results
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from make_jax.datasets import loading  # noqa: E402
+from make_jax.evaluation import eval_set, results  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-  'config', 'configs/base.py', 'Config of the trained rows (TRAIN_SCALE and the row applied).'
+  'config', 'configs/results.py', 'Config of the trained rows (each row changes its fields).'
 )
 _ROWS = flags.DEFINE_list('rows', ['bm25', 'minilm'], f'Rows to run, or all: {results.ROW_NAMES}')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
@@ -42,11 +53,8 @@ def _load_split(config_name: str, split: str):
 def _train(row: results.Row, workdir: pathlib.Path) -> None:
   from make_jax.train import loop
 
-  scale = results.TRAIN_SCALE | {
-    'data.data_dir': _DATA_DIR.value,
-    'data.manual_dir': _MANUAL_DIR.value,
-  }
-  config = results.apply_overrides(results.apply_overrides(_CONFIG.value, scale), row.overrides)
+  data = {'data.data_dir': _DATA_DIR.value, 'data.manual_dir': _MANUAL_DIR.value}
+  config = results.apply_overrides(results.apply_overrides(_CONFIG.value, data), row.overrides)
   loop.train_and_evaluate(config, workdir, init_from=_INIT_FROM.value)
 
 

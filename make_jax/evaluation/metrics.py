@@ -105,8 +105,9 @@ def recall_at_k(
     if not target.size:
       continue
     hit = np.isin(retrieved_ids[q], target)
-    # First rank at which a target appears; R when none does.
-    first = int(np.argmax(hit)) if hit.any() else retrieved_ids.shape[1]
+    # First rank at which a target appears; none: never a hit, whatever K (a list shorter
+    # than K that holds no target is a miss at K, not a hit past its end).
+    first = int(np.argmax(hit)) if hit.any() else np.inf
     out[q] = [float(first < k) for k in ks]
   return out
 

@@ -22,10 +22,11 @@ Rows (`ROWS`; config fields from configs/base.py):
   `tools/search --filter` writes the ranked lists). Not wired into the driver yet.
 
 Trained rows run `make_jax.train.loop.train_and_evaluate` on the `default` config's train
-split at `TRAIN_SCALE` (a documented scale, overridable), one workdir per row under
-`<out>/runs/`, and are evaluated by exact search over the catalogue with the run's newest
-checkpoint, vocabulary and domain words. CDNS only differs from in-batch negatives with
-more than one device: the scale uses `parallelism=pmap`.
+split at the scale of configs/results.py (every row the same data, width and step budget;
+the row changes only its fields), one workdir per row under `<out>/runs/`, and are
+evaluated by exact search over the catalogue with the run's newest checkpoint, vocabulary
+and domain words. CDNS only differs from in-batch negatives with more than one device:
+the scale uses `parallelism=pmap` over 8 (fake, on CPU) devices.
 
 Output: `<out>/<row>/<builder_config>_<split>.jsonl` (ranked lists, batch search format),
 `<out>/results.json` (overall metrics, intervals and counts per row and split) and
@@ -68,17 +69,6 @@ _TWO_TOWER = {
   'loss.bank_batches': 0,
 }
 _MBNS = {'loss.w_mbns': 0.25, 'loss.bank_batches': 8}
-# The scale of the trained rows: base model width on fashion, 5k steps of 256 pairs
-# (~21 epochs of the 60k train pairs) over the host's devices.
-TRAIN_SCALE = {
-  'data.name': 'fashion_products',
-  'data.builder_config': 'default',
-  'data.global_batch_size': 256,
-  'train.num_steps': 5000,
-  'train.eval_every': 1000,
-  'train.checkpoint_every': 1000,
-  'parallelism': 'pmap',
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +135,12 @@ def apply_overrides(
 
 def rank_trained(
   workdir: pathlib.Path, builder: Any, split: str, ks: Sequence[int]
-) -> dict[str, list[int]]:
-  """Rankings of a trained run (newest checkpoint) by exact search over the catalogue."""
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(queries, ids [Q, K], scores [Q, K]) of a trained run (newest checkpoint) by exact search.
+
+  K is `max(ks)` (at most the catalogue size); scores are the cosine of the query and
+  product embeddings.
+  """
   from make_jax.models import make_model
   from make_jax.text.preprocess import TextPreprocessor
   from make_jax.train import checkpoint, retrieval_eval
@@ -162,8 +156,13 @@ def rank_trained(
   params, _ = checkpoint.latest_params(workdir, config)
   ev = retrieval_eval.RetrievalEvaluator(config, text, builder, split=split, ks=ks)
   model = make_model.build_model(config)
-  rows = ev.search(ev.embed_queries(model, params), ev.embed_products(model, params))
-  return sources.rankings_of(ev.query_texts, ev.product_ids[rows])
+  query_emb = ev.embed_queries(model, params)
+  product_emb = ev.embed_products(model, params)
+  rows = ev.search(query_emb, product_emb)
+  q = np.asarray(query_emb, np.float32)[: len(rows)]
+  p = np.asarray(product_emb, np.float32)
+  scores = np.einsum('qd,qkd->qk', q, p[rows])
+  return list(ev.query_texts), ev.product_ids[rows], scores
 
 
 def _cell(overall: Mapping[str, float], key: str) -> str:
@@ -239,13 +238,13 @@ def run_results(
         elif row.kind == 'minilm':
           minilm = minilm or baselines.MiniLM()
           ids, scores = baselines.minilm_rankings(es, max(ks), model=minilm)
+        queries = es.queries
         if row.kind == 'trained':
-          rankings = rank_trained(workdir, builder, split, ks)
-        else:
-          sources.write_ranked_lines(
-            out_dir / row.name / f'{config_name}_{split}.jsonl', es.queries, ids, scores
-          )
-          rankings = sources.rankings_of(es.queries, np.asarray(ids))
+          queries, ids, scores = rank_trained(workdir, builder, split, ks)
+        sources.write_ranked_lines(
+          out_dir / row.name / f'{config_name}_{split}.jsonl', queries, ids, scores
+        )
+        rankings = sources.rankings_of(queries, np.asarray(ids))
         res = evaluate.evaluate_rankings(
           es, rankings, ks=ks, judged_ks=judged_ks, bootstrap_samples=bootstrap_samples
         )
