@@ -138,6 +138,18 @@ def test_results_driver_writes_scored_rows(tmp_path):
   assert saved['rows']['bm25']['splits']['default/test']['overall'] == bm25['overall']
   table = (tmp_path / 'results.md').read_text()
   assert '| BM25 (titles) | default/test | 1.0000' in table and 'MAKE | not run' in table
+  # A later run of one row in the same directory keeps the other rows, in table order.
+  again = results.run_results(
+    ['make'],
+    tmp_path,
+    load_split=lambda config, split: (None, es, DOMAIN_WORDS),
+    splits=[('default', 'test')],
+    ks=(1, 10),
+    bootstrap_samples=10,
+  )
+  assert list(again['rows']) == ['bm25', 'two_tower_text', 'make']
+  assert again['rows']['bm25'] == saved['rows']['bm25']
+  assert '| BM25 (titles) | default/test | 1.0000' in (tmp_path / 'results.md').read_text()
 
 
 def test_overrides_name_real_config_fields():

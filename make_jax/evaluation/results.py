@@ -187,6 +187,16 @@ def markdown_table(results: Mapping[str, Any], ks: Sequence[int], judged_ks: Seq
   return '\n'.join(lines) + '\n'
 
 
+def _previous_rows(path: pathlib.Path, ks: Sequence[int], judged_ks: Sequence[int]) -> dict:
+  """Rows of an earlier results.json in the same directory scored with the same cut-offs."""
+  if not path.exists():
+    return {}
+  old = json.loads(path.read_text())
+  if old.get('ks') != list(ks) or old.get('judged_ks') != list(judged_ks):
+    return {}
+  return {name: row for name, row in old.get('rows', {}).items() if name in ROW_NAMES}
+
+
 def run_results(
   rows: Sequence[str],
   out_dir: str | pathlib.Path,
@@ -209,6 +219,9 @@ def run_results(
     train: (row, workdir) -> None trains a row (None: trained rows are only evaluated
       where `<out>/runs/<row>` already holds a checkpoint, else reported as not run).
 
+  Rows already in `<out>/results.json` (scored with the same cut-offs) stay in it and in
+  the table unless re-run, so rows can be run one command at a time.
+
   Returns:
     {'rows': {name: {'label', 'status', 'seconds', 'splits': {'<config>/<split>': result
     without per-query values}}}, 'ks', 'judged_ks'}.
@@ -221,6 +234,7 @@ def run_results(
   loaded = {s: load_split(*s) for s in splits}
   minilm = None
   results: dict[str, Any] = {'rows': {}, 'ks': list(ks), 'judged_ks': list(judged_ks)}
+  previous = _previous_rows(out_dir / 'results.json', ks, judged_ks)
   for row in (r for r in ROWS if r.name in rows):
     entry: dict[str, Any] = {'label': row.label, 'status': 'run', 'splits': {}}
     start = time.time()
@@ -251,7 +265,9 @@ def run_results(
         res.pop('per_query')
         entry['splits'][f'{config_name}/{split}'] = res
     entry['seconds'] = round(time.time() - start, 1)
-    results['rows'][row.name] = entry
+    previous[row.name] = entry
+    # Table order, rows of earlier runs of this directory kept (a row re-run replaces its own).
+    results['rows'] = {r.name: previous[r.name] for r in ROWS if r.name in previous}
     atomic_file.write_text(out_dir / 'results.json', json.dumps(results, indent=1))
   atomic_file.write_text(out_dir / 'results.md', markdown_table(results, ks, judged_ks))
   return results
