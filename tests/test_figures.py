@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from make_jax.evaluation import figures
+from make_jax.evaluation import example_grid, figures
 from make_jax.evaluation.eval_set import EvalSet
 
 # Query -> targets: q0 {1}, q1 {5, 6}, q2 {8}, q3 none (left out of Recall).
@@ -130,7 +130,7 @@ def test_figures_are_written(out_dir):
   pixels = _open(grid.path).reshape(-1, 3).astype(int)
   assert 500 <= len(pixels) ** 0.5 <= 2000
   # The chosen queries are among those with a target and a list in both rows (q0, q2).
-  assert figures.choose_queries(es, [RANKED_A, RANKED_B], 2) == [0, 2]
+  assert example_grid.choose_queries(es, [RANKED_A, RANKED_B], 2) == [0, 2]
   assert asked == [[1, 2, 3, 4, 7, 8]]
   assert grid.skipped == {'images': '1 not decodable'}  # Product 7, shown once.
 
@@ -140,7 +140,7 @@ def test_figures_are_written(out_dir):
   for pid in (1, 2, 3, 4, 8):  # Every shown product's image is drawn.
     assert present(COLOURS[pid]), pid
   assert not present(COLOURS[5])  # Never in a shown top 4.
-  hit = tuple(int(figures.HIT_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+  hit = tuple(int(example_grid.HIT_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
   assert present(hit)  # Targets are framed.
 
 
@@ -154,3 +154,42 @@ def test_missing_inputs_fail_clearly(tmp_path, out_dir):
     figures.training_curves(out_dir)
   with pytest.raises(ValueError, match='No ranked list'):
     figures.recall_vs_k(out_dir, {'hide_colour/test': _eval_set()})
+
+
+class _Catalogue(list):
+  """A TFDS data source stand-in: records by index, read in chunks."""
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+
+class _Builder:
+  def __init__(self, records):
+    self.records = records
+
+  def as_data_source(self, split, decoders=None):
+    assert split == 'catalogue' and 'image' in decoders  # Images stay encoded.
+    return _Catalogue(self.records)
+
+
+def test_draw_all_writes_every_figure(out_dir):
+  records = [{'product_id': i, 'image': _png(c)} for i, c in COLOURS.items()]
+  assert example_grid.product_images(_Builder(records), [8, 2, 99]) == {
+    2: records[1]['image'],
+    8: records[7]['image'],
+  }
+  asked = []
+
+  def load_split(config_name, split):
+    asked.append((config_name, split))
+    return _Builder(records), _eval_set(), []
+
+  written, failed = figures.draw_all(out_dir, load_split, examples=2, max_k=10)
+  assert asked == [('default', 'test')] and failed == {}
+  names = sorted(w.path.name for w in written)
+  assert names == ['examples_default_test.png', 'recall_vs_k.png', 'training_curves.png']
+  grid = next(w for w in written if w.path.name.startswith('examples'))
+  assert grid.skipped == {}  # Every shown product's image came from the builder.
+  (out_dir / 'runs' / 'make' / 'metrics.jsonl').unlink()
+  written, failed = figures.draw_all(out_dir, load_split, examples=2, max_k=10)
+  assert len(written) == 2 and list(failed) == ['training_curves']

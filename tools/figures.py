@@ -26,44 +26,27 @@ _MAX_K = flags.DEFINE_integer('max_k', 1000, 'Largest K of the Recall@K figure.'
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  out = _OUT.value
-  results = figures.read_results(out)
-  split_keys = list(dict.fromkeys(k for row in results['rows'].values() for k in row['splits']))
-  loaded = {}
-  for key in split_keys:
-    logging.info('reading %s', key)
-    config_name, split = key.split('/')
-    loaded[key] = eval_set.load_split(config_name, split, _DATA_DIR.value, _MANUAL_DIR.value)
-  jobs = {
-    'training_curves': lambda: figures.training_curves(out),
-    'recall_vs_k': lambda: figures.recall_vs_k(
-      out, {k: es for k, (_, es, _) in loaded.items()}, max_k=_MAX_K.value
-    ),
-  }
-  if split_keys:
-    builder, es, _ = loaded[split_keys[0]]
-    jobs['example_grid'] = lambda: figures.example_grid(
-      out,
-      es,
-      lambda ids: figures.product_images(builder, ids),
-      rows=_ROWS.value,
-      split_key=split_keys[0],
-      queries=_EXAMPLES.value,
-      seed=_SEED.value,
-    )
-  written = 0
-  for name, job in jobs.items():
-    try:
-      result = job()
-    except ValueError as e:
-      print(f'not written: {name}: {e}')
-      continue
-    written += 1
+
+  def load_split(config_name: str, split: str):
+    logging.info('reading %s/%s', config_name, split)
+    return eval_set.load_split(config_name, split, _DATA_DIR.value, _MANUAL_DIR.value)
+
+  written, failed = figures.draw_all(
+    _OUT.value,
+    load_split,
+    rows_for_examples=_ROWS.value,
+    examples=_EXAMPLES.value,
+    seed=_SEED.value,
+    max_k=_MAX_K.value,
+  )
+  for result in written:
     print(result.path)
     for what, why in result.skipped.items():
-      print(f'  left out of {name}: {what}: {why}')
+      print(f'  left out of {result.path.name}: {what}: {why}')
+  for name, why in failed.items():
+    print(f'not written: {name}: {why}')
   if not written:
-    raise SystemExit(f'No figure could be drawn from {out}')
+    raise SystemExit(f'No figure could be drawn from {_OUT.value}')
 
 
 if __name__ == '__main__':

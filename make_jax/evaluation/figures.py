@@ -11,10 +11,13 @@ directory, so the figures can be redrawn without re-running a row:
   (`sources.read_ranked_lines`);
 - `<out>/runs/<row>/metrics.jsonl`: a trained row's step metrics (`train/reporting.py`).
 
-Recall@K is scored by `evaluate.evaluate_rankings` (and so `metrics.recall_at_k`), with
-the table's rules: the curve at K = 10, 100, 1000 equals the table's cells. Product
-images come from the dataset's encoded bytes (`product_images` reads them from a TFDS
-builder's catalogue split) and are decoded with PIL.
+Figures (`draw_all` draws every one; `tools/figures.py` is its command line):
+- `training_curves`: a panel per loss term, a line per trained row, against the step;
+- `recall_vs_k`: Recall@K for K = 1..1000 (log K), a panel per split, a line per row;
+  scored by `evaluate.evaluate_rankings` (and so `metrics.recall_at_k`) with the table's
+  rules, so the curve at K = 10, 100, 1000 equals the table's cells (`recall_curve`);
+- `example_grid`: two rows' top products for a few seeded test queries, drawn by
+  `example_grid.py` from the dataset's encoded images.
 
 A row that lacks its file is left out of a figure and named in `Written.skipped`; a
 figure with no row at all to draw raises ValueError naming the files it looked for.
@@ -28,7 +31,6 @@ import json
 import math
 import os
 import pathlib
-import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from matplotlib.figure import Figure
 
 from make_jax import atomic_file
 from make_jax.evaluation import evaluate, sources
+from make_jax.evaluation import example_grid as grid_lib
 from make_jax.evaluation.eval_set import EvalSet
 
 # metrics.jsonl keys of the loss terms (train/reporting.LOSS_KEYS) and their panel titles.
@@ -49,8 +52,6 @@ LOSS_TERMS = {
   'mpm': 'MPM',
   'mpm_r': 'MPM_R',
 }
-HIT_COLOUR = '#1a9641'
-MISS_COLOUR = '#bbbbbb'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,49 +262,6 @@ def recall_vs_k(
   return Written(path, tuple(drawn), skipped)
 
 
-def choose_queries(
-  eval_set: EvalSet, rankings: Sequence[Mapping[str, Sequence[int]]], n: int, seed: int = 0
-) -> list[int]:
-  """`n` query indices drawn with `seed` among the queries that have a target and a list
-  in every ranking (ascending; the same for the same inputs, never picked by result)."""
-  ok = [
-    i
-    for i, q in enumerate(eval_set.queries)
-    if len(eval_set.targets[i]) and all(q in r for r in rankings)
-  ]
-  if not ok:
-    raise ValueError('No query has a target and a ranked list in every row')
-  rng = np.random.default_rng(seed)
-  return sorted(rng.choice(ok, size=min(n, len(ok)), replace=False).tolist())
-
-
-def product_images(builder: Any, product_ids: Sequence[int], split: str = 'catalogue') -> dict:
-  """{product id: encoded image bytes} of the wanted products from a TFDS builder's split."""
-  import tensorflow_datasets as tfds  # Heavy: only when a builder is read.
-
-  wanted = {int(i) for i in product_ids}
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-  out: dict[int, bytes] = {}
-  for start in range(0, len(source), 2048):
-    for record in source.__getitems__(list(range(start, min(start + 2048, len(source))))):
-      pid = int(record['product_id'])
-      if pid in wanted and pid not in out:
-        out[pid] = bytes(record['image'])
-  return out
-
-
-def _decode(data: bytes | None) -> np.ndarray | None:
-  from PIL import Image, UnidentifiedImageError
-
-  if not data:
-    return None
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert('RGB'))
-  except (UnidentifiedImageError, OSError, ValueError):
-    return None
-
-
 def example_grid(
   out_dir: str | os.PathLike,
   eval_set: EvalSet,
@@ -321,75 +279,80 @@ def example_grid(
   Args:
     out_dir: the results directory (the rows' ranked lists of `split_key` are read).
     eval_set: the split's EvalSet (targets, titles).
-    images: product id -> encoded image bytes, or a function of the ids needed to that.
+    images: product id -> encoded image bytes, or a function of the ids shown to that.
     rows: the rows compared (names as results.json has them).
     split_key: '<builder_config>/<split>' of the lists.
-    queries: how many queries (`choose_queries` with `seed`), or their indices.
+    queries: how many queries (`example_grid.choose_queries` with `seed`), or their indices.
     top: products shown per row.
-    path: the PNG (default `<out>/figures/examples_<split>.png`).
+    path: the PNG (default `<out>/figures/examples_<builder_config>_<split>.png`).
 
-  A product in the query's target set gets a green frame and a tick; a product without a
-  decodable image is drawn as an empty grey tile, counted in `skipped['images']`.
+  Returns:
+    Written; products without a decodable image (grey tiles) are counted in
+    `skipped['images']`.
 
   Raises:
     ValueError: a row's ranked list is missing, or no query is usable.
   """
   out_dir = pathlib.Path(out_dir)
   results = read_results(out_dir)
-  rankings = []
+  rankings = {}
   for name in rows:
     file = ranked_path(out_dir, name, split_key)
     if not file.is_file():
       raise ValueError(f'{file} not found: the example grid needs the ranked lists of {name!r}')
-    rankings.append(sources.read_ranked_lines(file)[0])
-  chosen = (
-    choose_queries(eval_set, rankings, queries, seed) if isinstance(queries, int) else queries
-  )
-  if not chosen:
+    rankings[results['rows'].get(name, {}).get('label', name)] = sources.read_ranked_lines(file)[0]
+  if isinstance(queries, int):
+    queries = grid_lib.choose_queries(eval_set, list(rankings.values()), queries, seed)
+  if not queries:
     raise ValueError('No query to show')
-  shown = {q: [r.get(eval_set.queries[q], [])[:top] for r in rankings] for q in chosen}
-  needed = sorted({i for lists in shown.values() for ids in lists for i in ids})
-  pictures = images(needed) if callable(images) else images
-  labels = [results['rows'].get(n, {}).get('label', n) for n in rows]
-  fig = Figure(figsize=(1.9 * top + 1.4, 3.9 * len(chosen)), dpi=100, layout='constrained')
-  missing = 0
-  for sub, q in zip(fig.subfigures(len(chosen), 1, squeeze=False).ravel(), chosen, strict=True):
-    targets = set(eval_set.targets[q].tolist())
-    sub.suptitle(
-      f'"{eval_set.queries[q]}"  ({len(targets)} target product{"s" * (len(targets) != 1)})',
-      fontsize=11,
-      ha='left',
-      x=0.01,
-    )
-    axes = sub.subplots(len(rows), top, squeeze=False)
-    for r, ids in enumerate(shown[q]):
-      axes[r, 0].set_ylabel(textwrap.fill(labels[r], 16), fontsize=9)
-      for c in range(top):
-        ax = axes[r, c]
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if c >= len(ids):
-          ax.set_frame_on(False)
-          continue
-        pid = ids[c]
-        picture = _decode(pictures.get(pid))
-        if picture is None:
-          missing += 1
-          picture = np.full((80, 60, 3), 220, np.uint8)
-        ax.imshow(picture)
-        hit = pid in targets
-        for spine in ax.spines.values():
-          spine.set_edgecolor(HIT_COLOUR if hit else MISS_COLOUR)
-          spine.set_linewidth(4 if hit else 1)
-        row_ = eval_set.rows_of(np.asarray([pid]))[0]
-        title = eval_set.titles[row_] if row_ >= 0 else f'id {pid} (not in catalogue)'
-        title = textwrap.shorten(title, 44, placeholder='…')
-        ax.set_title(
-          ('✓ ' if hit else '') + textwrap.fill(title, 22),
-          fontsize=7,
-          color=HIT_COLOUR if hit else 'black',
-        )
+  shown = {
+    int(i) for r in rankings.values() for q in queries for i in r.get(eval_set.queries[q], [])[:top]
+  }
+  pictures = images(sorted(shown)) if callable(images) else images
+  fig, missing = grid_lib.grid_figure(eval_set, rankings, pictures, queries, top)
   name = split_key.replace('/', '_')
   path = pathlib.Path(path) if path else out_dir / 'figures' / f'examples_{name}.png'
   _save(fig, path)
   return Written(path, tuple(rows), {'images': f'{missing} not decodable'} if missing else {})
+
+
+def draw_all(
+  out_dir: str | os.PathLike,
+  load_split: Callable[[str, str], tuple[Any, EvalSet, Any]],
+  *,
+  rows_for_examples: Sequence[str] = ('minilm', 'make'),
+  examples: int = 6,
+  seed: int = 0,
+  max_k: int = 1000,
+) -> tuple[list[Written], dict[str, str]]:
+  """Every figure of a results directory: ([Written], {figure: why it was not drawn}).
+
+  `load_split(builder_config, split) -> (builder, EvalSet, ...)` reads each split that
+  results.json names (`eval_set.load_split`); the example grid shows the first split, with
+  images from that builder's catalogue.
+  """
+  results = read_results(out_dir)
+  keys = list(dict.fromkeys(k for row in results['rows'].values() for k in row.get('splits', {})))
+  loaded = {k: load_split(*k.split('/', 1)) for k in keys}
+  jobs = {
+    'training_curves': lambda: training_curves(out_dir),
+    'recall_vs_k': lambda: recall_vs_k(out_dir, {k: v[1] for k, v in loaded.items()}, max_k=max_k),
+  }
+  if keys:
+    builder, es = loaded[keys[0]][:2]
+    jobs['example_grid'] = lambda: example_grid(
+      out_dir,
+      es,
+      lambda ids: grid_lib.product_images(builder, ids),
+      rows=rows_for_examples,
+      split_key=keys[0],
+      queries=examples,
+      seed=seed,
+    )
+  written, failed = [], {}
+  for name, job in jobs.items():
+    try:
+      written.append(job())
+    except ValueError as e:
+      failed[name] = str(e)
+  return written, failed
