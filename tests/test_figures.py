@@ -193,3 +193,12 @@ def test_draw_all_writes_every_figure(out_dir):
   (out_dir / 'runs' / 'make' / 'metrics.jsonl').unlink()
   written, failed = figures.draw_all(out_dir, load_split, examples=2, max_k=10)
   assert len(written) == 2 and list(failed) == ['training_curves']
+
+
+def test_grid_has_a_line_per_row_even_with_equal_labels():
+  pictures = {i: _png(c) for i, c in COLOURS.items()}
+  fig, missing = example_grid.grid_figure(
+    _eval_set(), [('A', RANKED_A), ('A', RANKED_B)], pictures, [0, 2], top=3
+  )
+  assert missing == 0
+  assert [len(sub.axes) for sub in fig.subfigs] == [6, 6]  # 2 rows x 3 products per query.

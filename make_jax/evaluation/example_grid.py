@@ -84,7 +84,7 @@ def _title(eval_set: EvalSet, pid: int, hit: bool) -> str:
 
 def grid_figure(
   eval_set: EvalSet,
-  rankings: Mapping[str, Mapping[str, Sequence[int]]],
+  rankings: Sequence[tuple[str, Mapping[str, Sequence[int]]]],
   pictures: Mapping[int, bytes],
   chosen: Sequence[int],
   top: int = 5,
@@ -93,7 +93,7 @@ def grid_figure(
 
   Args:
     eval_set: the split (queries, targets, titles).
-    rankings: row label -> {query: product ids, best first}; one grid row per entry.
+    rankings: (row label, {query: product ids, best first}), one grid row each.
     pictures: product id -> encoded image bytes (products not in it are blank tiles).
     chosen: query indices, one block each.
     top: products shown per row.
@@ -111,7 +111,7 @@ def grid_figure(
       x=0.01,
     )
     axes = sub.subplots(len(rankings), top, squeeze=False)
-    for r, (label, ranking) in enumerate(rankings.items()):
+    for r, (label, ranking) in enumerate(rankings):
       ids = list(ranking.get(eval_set.queries[q], []))[:top]
       axes[r, 0].set_ylabel(textwrap.fill(label, 16), fontsize=9)
       for c, ax in enumerate(axes[r]):

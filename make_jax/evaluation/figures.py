@@ -295,18 +295,19 @@ def example_grid(
   """
   out_dir = pathlib.Path(out_dir)
   results = read_results(out_dir)
-  rankings = {}
+  rankings = []
   for name in rows:
     file = ranked_path(out_dir, name, split_key)
     if not file.is_file():
       raise ValueError(f'{file} not found: the example grid needs the ranked lists of {name!r}')
-    rankings[results['rows'].get(name, {}).get('label', name)] = sources.read_ranked_lines(file)[0]
+    label = results['rows'].get(name, {}).get('label', name)
+    rankings.append((label, sources.read_ranked_lines(file)[0]))
   if isinstance(queries, int):
-    queries = grid_lib.choose_queries(eval_set, list(rankings.values()), queries, seed)
+    queries = grid_lib.choose_queries(eval_set, [r for _, r in rankings], queries, seed)
   if not queries:
     raise ValueError('No query to show')
   shown = {
-    int(i) for r in rankings.values() for q in queries for i in r.get(eval_set.queries[q], [])[:top]
+    int(i) for _, r in rankings for q in queries for i in r.get(eval_set.queries[q], [])[:top]
   }
   pictures = images(sorted(shown)) if callable(images) else images
   fig, missing = grid_lib.grid_figure(eval_set, rankings, pictures, queries, top)
