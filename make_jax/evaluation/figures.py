@@ -110,22 +110,17 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, float]], int]:
 
 
 def _trained_rows(results: Mapping[str, Any], out_dir: pathlib.Path) -> list[str]:
-  """The rows that train: `results.ROWS` says so, or the row has a run directory."""
-  from make_jax.evaluation import results as results_lib
-
-  kinds = {r.name: r.kind for r in results_lib.ROWS}
-  return [
-    name
-    for name in results['rows']
-    if kinds.get(name) == 'trained' or (out_dir / 'runs' / name).is_dir()
-  ]
+  """The rows of results.json that have a run directory (`<out>/runs/<row>`), in order."""
+  return [name for name in results['rows'] if (out_dir / 'runs' / name).is_dir()]
 
 
 def training_curves(out_dir: str | os.PathLike, *, path: str | os.PathLike = '') -> Written:
   """One panel per loss term present (total, QPM, QPC, MLM, MPM, MPM_R), a line per row.
 
   Args:
-    out_dir: the results directory (`<out>/runs/<row>/metrics.jsonl` are read).
+    out_dir: the results directory: the rows of results.json with a run directory are the
+      trained rows; their `<out>/runs/<row>/metrics.jsonl` are read (a run directory
+      without one, e.g. a run stopped before its first log, is skipped and named).
     path: the PNG (default `<out>/figures/training_curves.png`).
 
   Raises:
@@ -157,7 +152,7 @@ def training_curves(out_dir: str | os.PathLike, *, path: str | os.PathLike = '')
   if not curves:
     raise ValueError(
       'No training curve to draw: looked for '
-      + (', '.join(map(str, wanted)) if wanted else f'trained rows in {out_dir}/results.json')
+      + (', '.join(map(str, wanted)) if wanted else f'run directories {out_dir}/runs/<row>')
       + (f' ({skipped})' if skipped else '')
     )
   terms = [k for k in LOSS_TERMS if any(k in row for row in curves.values())]
