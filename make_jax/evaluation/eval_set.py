@@ -191,3 +191,21 @@ def from_builder(builder: Any, split: str = 'test', catalogue_split: str = 'cata
     intents,
     attribute_features=meta.get('attribute_features', ()),
   )
+
+
+def load_split(
+  config_name: str,
+  split: str,
+  data_dir: str = '',
+  manual_dir: str = '',
+  dataset: str = 'fashion_products',
+) -> tuple[Any, EvalSet, list[str]]:
+  """(builder, EvalSet, domain words) of a dataset's split, preparing it if not built yet.
+
+  The results table and its figures load every split this way.
+  """
+  from make_jax.datasets import loading  # TFDS: only when a dataset is read.
+
+  builder = loading.prepare(dataset, config_name, data_dir, manual_dir)
+  domain_words = list((builder.info.metadata or {}).get('domain_words', ()))
+  return builder, from_builder(builder, split), domain_words
