@@ -10,10 +10,12 @@ on a CPU host this command makes 8 host-platform devices unless XLA_FLAGS alread
 count.
 
 Rows, what each trains and what is not wired yet: make_jax/evaluation/results.py.
-Writes <out>/results.json, <out>/results.md and the ranked lists of every row and split
-(JSON lines that tools/evaluate.py scores alike); prints the table.
+Writes <out>/results.json, <out>/results.md, the ranked lists of every row and split
+(JSON lines that tools/evaluate.py scores alike) and the figures (<out>/figures/*.png:
+training curves, Recall@K against K, example results); prints the table.
 """
 
+import functools
 import os
 import pathlib
 
@@ -26,8 +28,7 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from make_jax.datasets import loading  # noqa: E402
-from make_jax.evaluation import eval_set, results  # noqa: E402
+from make_jax.evaluation import eval_set, figures, results  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', 'configs/results.py', 'Config of the trained rows (each row changes its fields).'
@@ -43,11 +44,10 @@ _TRAIN = flags.DEFINE_bool('train', False, 'Train the trained rows (long) before
 _INIT_FROM = flags.DEFINE_string('init_from', '', 'Pretrained params for the trained rows.')
 
 
+@functools.cache  # The figures read the splits the table was scored on.
 def _load_split(config_name: str, split: str):
-  builder = loading.prepare('fashion_products', config_name, _DATA_DIR.value, _MANUAL_DIR.value)
   logging.info('reading %s/%s', config_name, split)
-  domain_words = list((builder.info.metadata or {}).get('domain_words', ()))
-  return builder, eval_set.from_builder(builder, split), domain_words
+  return eval_set.load_split(config_name, split, _DATA_DIR.value, _MANUAL_DIR.value)
 
 
 def _train(row: results.Row, workdir: pathlib.Path) -> None:
@@ -72,6 +72,11 @@ def main(argv):
     train=_train if _TRAIN.value else None,
   )
   print(results.markdown_table(out, out['ks'], out['judged_ks']))
+  written, not_drawn = figures.draw_all(_OUT.value, _load_split)
+  for w in written:
+    print(w.path)
+  for name, why in not_drawn.items():
+    print(f'{name}: not drawn ({why})')
 
 
 if __name__ == '__main__':
