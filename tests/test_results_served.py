@@ -1,0 +1,134 @@
+"""The results table's served row ranks as exact search does, and its filters hold.
+
+A tiny run on synthetic en_small (trainer_testlib's config) is served through
+`evaluation.served.rank_served`: its checkpoint exported by the Beam pipeline, indexed
+(brute force) and searched by the served Searcher. The run's checkpoint is its step 0,
+written by the trainer's own pieces (`load_text`, the layout's init, the Checkpointer):
+a training step would cost ~30 s of compilation and change nothing checked here.
+Checked against the exact search of `results.rank_trained` (the table's trained rows'
+ranking) over the whole catalogue:
+- filters off: the same top-k of every test query (ties aside);
+- filters on: every product satisfies the filter that applied, read from the TFDS
+  catalogue's attributes (not the serving catalogue), filters do apply to many queries,
+  and each filtered list is the exact ranking restricted to the matching products;
+- a second catalogue (en_n200) gets its own served view, ranks over that catalogue, and
+  leaves the first view as it was; a current view is reused, not rebuilt.
+"""
+
+import json
+import os
+
+import jax
+import pytest
+
+from make_jax import atomic_file
+from make_jax.datasets import loading
+from make_jax.evaluation import results, served
+from make_jax.export import manifest as manifest_lib
+from make_jax.models import make_model
+from make_jax.train import checkpoint, inputs, layouts, optimizer
+from tests import trainer_testlib
+
+K = 10
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  data_dir, vocab = trainer_testlib.prepare(tmp_path_factory)
+  config = trainer_testlib.tiny_config(data_dir, vocab)
+  builder = loading.get_builder('synthetic_products', 'en_small', data_dir)
+  workdir = tmp_path_factory.mktemp('served_run')
+  atomic_file.write_text(workdir / 'config.json', json.dumps(checkpoint.config_json(config)))
+  text = inputs.load_text(config, builder, workdir)  # vocab.txt, domain_words.txt.
+  model = make_model.build_model(config)
+  tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
+  layout = layouts.make_layout(config, model, tx, text)
+  ckpt = checkpoint.Checkpointer(workdir, keep=1)
+  ckpt.save(0, layout.canonical(layout.init(jax.random.key(0))), [], config)
+  ckpt.close()
+  n = builder.info.splits['catalogue'].num_examples
+  full = results.rank_trained(workdir, builder, 'test', (n,))  # Every product, exact order.
+  return dict(workdir=workdir, builder=builder, data_dir=data_dir, full=full)
+
+
+def _lines(path):
+  return {r['query']: r for r in map(json.loads, path.read_text('utf-8').splitlines())}
+
+
+def _assert_same_ranking(got, want, scores, query):
+  """Equal lists of ids, except where neighbouring scores tie within float rounding."""
+  assert len(got) == len(want), query
+  for i, (a, b) in enumerate(zip(got, want, strict=True)):
+    if a != b:  # Only a near-tie (ScaNN vs the evaluator's top_k rounding) may swap.
+      near = [abs(scores[i] - scores[j]) < 1e-5 for j in (i - 1, i + 1) if 0 <= j < len(scores)]
+      assert any(near), (query, got, want, scores)
+
+
+@pytest.mark.slow  # With the module's set-up (data, checkpoint, exact ranking): ~40 s.
+def test_unfiltered_served_path_equals_exact_search(run, tmp_path):
+  full = run['full']
+  ranked = tmp_path / 'off.jsonl'
+  got = served.rank_served(
+    run['workdir'], run['builder'], 'test', list(full), K, use_filters=False, ranked_path=ranked
+  )
+  lines = _lines(ranked)
+  assert set(got) == set(full) and len(full) > 100
+  for q, ids in got.items():
+    assert lines[q]['path'] == 'online' and not lines[q]['filters']
+    _assert_same_ranking(ids, full[q][:K], lines[q]['scores'], q)
+  view = served.view_dir(run['workdir'], 'en_small') / 'export'
+  m = manifest_lib.read(view / 'index', 'scann_index')
+  assert m['checkpoint_step'] == 0 and m['config']['brute_force'] and m['count'] == 1000
+  assert not (run['workdir'] / 'export').exists()  # The run's own serving layout: untouched.
+
+
+def test_filtered_results_satisfy_the_filter_and_rank_exactly(run, tmp_path):
+  full, builder = run['full'], run['builder']
+  ranked = tmp_path / 'on.jsonl'
+  got = served.rank_served(run['workdir'], builder, 'test', list(full), K, ranked_path=ranked)
+  lines = _lines(ranked)
+  source = builder.as_data_source('catalogue')
+  attrs = {
+    int(r['product_id']): {f: r[f].decode() for f in ('brand', 'category')}
+    for r in source.__getitems__(list(range(len(source))))
+  }
+
+  def ok(product, filt):
+    return all(attrs[product][f] in values for f, values in filt.items())
+
+  filtered = 0
+  for q, ids in got.items():
+    filt = lines[q]['filters']
+    assert all(ok(p, filt) for p in ids), (q, filt, ids)
+    filtered += bool(filt)
+    want = [p for p in full[q] if ok(p, filt)][:K]
+    _assert_same_ranking(ids, want, lines[q]['scores'], q)
+  assert filtered >= len(got) // 4, (filtered, len(got))
+
+
+def test_second_catalogue_has_its_own_view(run):
+  first = served.view_dir(run['workdir'], 'en_small') / 'export'
+  served.prepare_view(run['workdir'], run['builder'])
+  stamp = lambda: [os.stat(first / p / 'manifest.json').st_ino for p in ('products', 'index')]  # noqa: E731
+  before = stamp()
+  served.prepare_view(run['workdir'], run['builder'])
+  assert stamp() == before  # A current view is reused.
+  other = loading.prepare('synthetic_products', 'en_n200', run['data_dir'])
+  queries = list(run['full'])[:20]
+  got = served.rank_served(run['workdir'], other, 'test', queries, K, use_filters=False)
+  assert set(got) == set(queries) and all(len(v) == K for v in got.values())
+  assert max(max(v) for v in got.values()) < 200  # en_n200's products (ids 0..199) only.
+  m = manifest_lib.read(served.view_dir(run['workdir'], 'en_n200') / 'export' / 'products')
+  assert m['source']['builder_config'] == 'en_n200' and m['count'] == 200
+  assert stamp() == before  # The first catalogue's view is not clobbered.
+
+
+def test_best_trained_row_by_default_test_recall():
+  def row(recall):
+    return {'splits': {'default/test': {'overall': {'recall@100': recall}}}}
+
+  res = {'rows': {'bm25': row(0.9), 'make': row(0.5), 'make_cdns': row(0.6)}}
+  res['rows'] |= {'make_mbns': row(0.6), 'make_all': row(float('nan'))}
+  assert served.best_trained_row(res) == 'make_cdns'  # BM25 is no trained row; ties: first.
+  with pytest.raises(ValueError, match='no trained row'):
+    served.best_trained_row({'rows': {'bm25': row(0.9), 'make': {'splits': {}}}})
