@@ -150,6 +150,16 @@ def test_results_driver_writes_scored_rows(tmp_path):
   assert list(again['rows']) == ['bm25', 'two_tower_text', 'make']
   assert again['rows']['bm25'] == saved['rows']['bm25']
   assert '| BM25 (titles) | default/test | 1.0000' in (tmp_path / 'results.md').read_text()
+  # The served row needs a scored trained row to serve: none here, so it says so.
+  served_row = results.run_results(
+    ['best_relevance_control'],
+    tmp_path,
+    load_split=lambda config, split: (None, es, DOMAIN_WORDS),
+    splits=[('default', 'test')],
+    ks=(1, 10),
+    bootstrap_samples=10,
+  )['rows']['best_relevance_control']
+  assert 'no trained row' in served_row['status'] and not served_row['splits']
 
 
 def test_overrides_name_real_config_fields():

@@ -17,9 +17,11 @@ Rows (`ROWS`; config fields from configs/base.py):
   switch step equals `num_steps`, which no step reaches), `loss.bank_batches=0` (no queue).
 - `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`),
   `make_mpm_r` (MPM_R instead of MPM), `make_all` (the three).
-- `best_relevance_control`: the best trained row served with relevance control
-  (attribute filters around the index: `tools/export`, `tools/build_index`, then
-  `tools/search --filter` writes the ranked lists). Not wired into the driver yet.
+- `best_relevance_control`: the trained row with the best default/test Recall@100 (a
+  selection on test: the results carry no validation scores), served as
+  `tools/search` serves it: its newest checkpoint exported and indexed per catalogue,
+  every query answered online by the searcher with relevance control (attribute filters
+  around the index); `evaluation/served.py`.
 
 Trained rows run `make_jax.train.loop.train_and_evaluate` on the `default` config's train
 split at the scale of configs/results.py (every row the same data, width and step budget;
@@ -45,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from make_jax import atomic_file
-from make_jax.evaluation import baselines, evaluate, sources
+from make_jax.evaluation import baselines, evaluate, served, sources
 from make_jax.evaluation.eval_set import EvalSet
 
 SPLITS = (('default', 'test'), ('hide_colour', 'test'))
@@ -77,7 +79,7 @@ class Row:
 
   name: str  # Key (file names, --rows).
   label: str  # As the table shows it.
-  kind: str  # 'bm25' | 'minilm' | 'trained' | 'pending'.
+  kind: str  # 'bm25' | 'minilm' | 'trained' | 'served' | 'pending'.
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   note: str = ''  # Why a 'pending' row cannot run yet.
 
@@ -107,12 +109,7 @@ ROWS = (
       'loss.weights.mpm_r': 1.0,
     },
   ),
-  Row(
-    'best_relevance_control',
-    'Best row + relevance control',
-    'pending',
-    note='needs export + index of the best run and tools/search --filter rankings',
-  ),
+  Row('best_relevance_control', 'Best row + relevance control', 'served'),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 
@@ -243,6 +240,12 @@ def run_results(
       entry['status'] = row.note
     elif row.kind == 'trained' and train is not None:
       train(row, workdir)
+    elif row.kind == 'served':
+      try:  # Rows scored by this run or kept from an earlier one.
+        entry['source_row'] = served.best_trained_row({'rows': previous}, split='/'.join(splits[0]))
+        workdir = out_dir / 'runs' / entry['source_row']
+      except ValueError as e:
+        entry['status'] = str(e)
     if row.kind == 'trained' and not (workdir / 'checkpoints').is_dir():
       entry['status'] = 'not trained (no checkpoint in ' + str(workdir) + ')'
     if entry['status'] == 'run':
@@ -253,12 +256,16 @@ def run_results(
           minilm = minilm or baselines.MiniLM()
           ids, scores = baselines.minilm_rankings(es, max(ks), model=minilm)
         queries = es.queries
-        if row.kind == 'trained':
-          queries, ids, scores = rank_trained(workdir, builder, split, ks)
-        sources.write_ranked_lines(
-          out_dir / row.name / f'{config_name}_{split}.jsonl', queries, ids, scores
-        )
-        rankings = sources.rankings_of(queries, np.asarray(ids))
+        ranked_path = out_dir / row.name / f'{config_name}_{split}.jsonl'
+        if row.kind == 'served':  # Writes its ranked lines itself (scores, filters).
+          rankings = served.rank_served(
+            workdir, builder, split, es.queries, max(ks), ranked_path=ranked_path
+          )
+        else:
+          if row.kind == 'trained':
+            queries, ids, scores = rank_trained(workdir, builder, split, ks)
+          sources.write_ranked_lines(ranked_path, queries, ids, scores)
+          rankings = sources.rankings_of(queries, np.asarray(ids))
         res = evaluate.evaluate_rankings(
           es, rankings, ks=ks, judged_ks=judged_ks, bootstrap_samples=bootstrap_samples
         )
