@@ -5,6 +5,7 @@ shared TFDS directory, like tests/test_input_pipeline.py.
 """
 
 import collections
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -140,6 +141,38 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
     want, have = evaluator._product_batch(start), uncached._product_batch(start)
     for k in want:
       np.testing.assert_array_equal(have[k], want[k], err_msg=k)
+
+  # A catalogue cache: the second evaluator reads no catalogue and gives the same metrics.
+  cache = {}
+  first = retrieval_eval.RetrievalEvaluator(
+    config,
+    text,
+    builder,
+    'validation',
+    max_queries=40,
+    ks=KS,
+    batch_size=64,
+    search_chunk=128,
+    catalogue_cache=cache,
+    catalogue_key='k',
+  )
+  assert list(cache) == ['k']
+  with mock.patch.object(
+    retrieval_eval.RetrievalEvaluator, '_load_catalogue', side_effect=AssertionError('read')
+  ):
+    second = retrieval_eval.RetrievalEvaluator(
+      config,
+      text,
+      builder,
+      'validation',
+      max_queries=40,
+      ks=KS,
+      batch_size=64,
+      search_chunk=128,
+      catalogue_cache=cache,
+      catalogue_key='k',
+    )
+  assert first(model, params) == got and second(model, params) == got
 
 
 _WEIGHTS = np.random.default_rng(0).integers(1, 1 << 15, size=64).astype(np.int32)

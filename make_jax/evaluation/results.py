@@ -36,6 +36,7 @@ Output: `<out>/<row>/<builder_config>_<split>.jsonl` (ranked lists, batch search
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import pathlib
@@ -130,6 +131,10 @@ def apply_overrides(
   return config
 
 
+# Featurised catalogues of this process, shared by the trained rows (`rank_trained`).
+_CATALOGUES: dict[str, dict[str, Any]] = {}
+
+
 def rank_trained(
   workdir: pathlib.Path, builder: Any, split: str, ks: Sequence[int]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -151,7 +156,30 @@ def rank_trained(
     domain_words=[w for w in words if w],
   )
   params, _ = checkpoint.latest_params(workdir, config)
-  ev = retrieval_eval.RetrievalEvaluator(config, text, builder, split=split, ks=ks)
+  # Rows trained on the same data learn the same vocabulary: they share the catalogue.
+  key = hashlib.sha256(
+    json.dumps(
+      [
+        str(builder.data_dir),
+        config.data.image_size,
+        config.text.title_len,
+        config.text.sort_words,
+        config.text.strip_accents,
+      ]
+    ).encode()
+    + (workdir / 'vocab.txt').read_bytes()
+    + b'\0'
+    + (workdir / 'domain_words.txt').read_bytes()
+  ).hexdigest()
+  ev = retrieval_eval.RetrievalEvaluator(
+    config,
+    text,
+    builder,
+    split=split,
+    ks=ks,
+    catalogue_cache=_CATALOGUES,
+    catalogue_key=key,
+  )
   model = make_model.build_model(config)
   query_emb = ev.embed_queries(model, params)
   product_emb = ev.embed_products(model, params)

@@ -39,7 +39,7 @@ per-device copies).
 
 import collections
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import jax
@@ -50,6 +50,17 @@ from jax.experimental import multihost_utils
 
 import make_jax.evaluation.metrics as metrics_lib
 from make_jax.input.featurize import SkipRecord, decode_image, make_featurizer
+
+# What `_load_catalogue` sets: the state evaluators may share through a catalogue cache.
+_CATALOGUE_FIELDS = (
+  'skipped',
+  'products',
+  'product_ids',
+  '_images',
+  '_image_size',
+  '_product_attributes',
+  'num_products',
+)
 
 
 def _text(value: Any) -> str:
@@ -94,6 +105,8 @@ class RetrievalEvaluator:
     catalogue_split: str = 'catalogue',
     image_cache_bytes: int = 1 << 30,
     bootstrap_samples: int = 0,
+    catalogue_cache: MutableMapping[Hashable, dict[str, Any]] | None = None,
+    catalogue_key: Hashable = None,
   ):
     """Reads and featurises the catalogue and the split's queries.
 
@@ -109,6 +122,11 @@ class RetrievalEvaluator:
       catalogue_split: the split that lists every product once.
       image_cache_bytes: keep decoded images in memory up to this size.
       bootstrap_samples: > 0 adds 95% bootstrap intervals (`recall@10_lo`, `_hi`).
+      catalogue_cache, catalogue_key: evaluators of several runs share the featurised
+        catalogue (reading and featurising 44k products takes minutes) through this
+        mapping. The caller's key must name everything the featurised catalogue depends
+        on: the builder and catalogue split, the text preprocessor (vocabulary, domain
+        words, flags), `data.image_size` and `text.title_len`.
 
     Raises:
       ValueError: a split is missing, or no product or no query is usable.
@@ -127,14 +145,20 @@ class RetrievalEvaluator:
     meta = builder.info.metadata
     intents = dict(meta.get('intent_features', {}))  # query feature -> product feature
     decoders = {'image': tfds.decode.SkipDecoding()}
-    self._load_catalogue(
-      config,
-      text,
-      builder.as_data_source(catalogue_split, decoders=decoders),
-      meta.get('attribute_features', ()),
-      sorted(set(intents.values())),
-      image_cache_bytes,
-    )
+    cached = None if catalogue_cache is None else catalogue_cache.get(catalogue_key)
+    if cached is not None:
+      self.__dict__.update(cached)
+    else:
+      self._load_catalogue(
+        config,
+        text,
+        builder.as_data_source(catalogue_split, decoders=decoders),
+        meta.get('attribute_features', ()),
+        sorted(set(intents.values())),
+        image_cache_bytes,
+      )
+      if catalogue_cache is not None:
+        catalogue_cache[catalogue_key] = {k: getattr(self, k) for k in _CATALOGUE_FIELDS}
     self._load_queries(
       config, text, builder.as_data_source(split, decoders=decoders), intents, max_queries
     )
