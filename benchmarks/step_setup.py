@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from flax.linen import meta
 
-from make_jax.input import featurize
 from make_jax.losses.total import compute_losses
 from make_jax.models.make_model import build_model, example_batch
 from make_jax.train import masking, optimizer
@@ -52,11 +51,28 @@ class StepSetup:
   train: Callable[..., Any]
 
 
+# Contract 2: what the input pipeline hands the train step (`featurize.BATCH_KEYS`). Spelled
+# out here because benchmarks/baseline_worker.py runs this file against the package of an
+# older commit, which may not have that constant.
+RAW_KEYS = (
+  'query_ids',
+  'query_mask',
+  'query_keyword',
+  'title_ids',
+  'title_mask',
+  'title_keyword',
+  'image',
+  'image_missing',
+  'product_id',
+  'log_p',
+)
+
+
 def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
   """A raw batch (contract 2) of random ids and pixels; product ids distinct (no accidental hits)."""
   zeros = example_batch(config, batch_size)
   rs = np.random.RandomState(0)
-  batch = {k: np.asarray(zeros[k]) for k in featurize.BATCH_KEYS}
+  batch = {k: np.asarray(zeros[k]) for k in RAW_KEYS}
   vocab = config.model.vocab_size
   batch['query_ids'] = rs.randint(5, vocab, batch['query_ids'].shape).astype(np.int32)
   batch['title_ids'] = rs.randint(5, vocab, batch['title_ids'].shape).astype(np.int32)

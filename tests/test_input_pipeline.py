@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from benchmarks import step_setup
 from configs import tiny
 from make_jax.datasets import loading
 from make_jax.input import device as ip_device
@@ -65,6 +66,8 @@ def test_batches_follow_contract_2(config, text, builder):
     'log_p': ((b,), np.float32),
   }
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+  # The constant that names them, and the benchmarks' copy (it runs against old trees too).
+  assert set(ip_featurize.BATCH_KEYS) == set(expected) == set(step_setup.RAW_KEYS)
   assert (batch['query_ids'][:, 0] == text.cls_id).all()
   assert batch['query_keyword'].sum() > 0  # Synthetic queries share words with titles.
 

@@ -23,7 +23,7 @@ import pytest
 
 from make_jax import atomic_file
 from make_jax.datasets import loading
-from make_jax.evaluation import results, served
+from make_jax.evaluation import results, served, sources
 from make_jax.export import manifest as manifest_lib
 from make_jax.models import make_model
 from make_jax.train import checkpoint, inputs, layouts, optimizer
@@ -47,7 +47,8 @@ def run(tmp_path_factory):
   ckpt.save(0, layout.canonical(layout.init(jax.random.key(0))), [], config)
   ckpt.close()
   n = builder.info.splits['catalogue'].num_examples
-  full = results.rank_trained(workdir, builder, 'test', (n,))  # Every product, exact order.
+  queries, ids, _ = results.rank_trained(workdir, builder, 'test', (n,))
+  full = sources.rankings_of(queries, ids)  # Every product, exact order.
   return dict(workdir=workdir, builder=builder, data_dir=data_dir, full=full)
 
 

@@ -169,7 +169,7 @@ def rank_served(
     max_batch: queries the online encoder encodes per call.
 
   Returns:
-    {query: product ids, best first} (as `results.rank_trained`; repeated queries once).
+    {query: product ids, best first} (as `sources.rankings_of` gives; repeated queries once).
   """
   del split  # The queries are given; the split names the caller's output file.
   lay, params, step = prepare_view(workdir, builder)
