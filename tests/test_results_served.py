@@ -130,6 +130,10 @@ def test_best_trained_row_by_default_test_recall():
 
   res = {'rows': {'bm25': row(0.9), 'make': row(0.5), 'make_cdns': row(0.6)}}
   res['rows'] |= {'make_mbns': row(0.6), 'make_all': row(float('nan'))}
-  assert served.best_trained_row(res) == 'make_cdns'  # BM25 is no trained row; ties: first.
+  assert (
+    served.best_trained_row(res, results.TRAINED_ROWS) == 'make_cdns'
+  )  # BM25 is no trained row; ties: first.
   with pytest.raises(ValueError, match='no trained row'):
-    served.best_trained_row({'rows': {'bm25': row(0.9), 'make': {'splits': {}}}})
+    served.best_trained_row(
+      {'rows': {'bm25': row(0.9), 'make': {'splits': {}}}}, results.TRAINED_ROWS
+    )

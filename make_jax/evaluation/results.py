@@ -113,6 +113,7 @@ ROWS = (
   Row('best_relevance_control', 'Best row + relevance control', 'served'),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
+TRAINED_ROWS = tuple(r.name for r in ROWS if r.kind == 'trained')
 
 
 def apply_overrides(
@@ -270,7 +271,9 @@ def run_results(
       train(row, workdir)
     elif row.kind == 'served':
       try:  # Rows scored by this run or kept from an earlier one.
-        entry['source_row'] = served.best_trained_row({'rows': previous}, split='/'.join(splits[0]))
+        entry['source_row'] = served.best_trained_row(
+          {'rows': previous}, TRAINED_ROWS, split='/'.join(splits[0])
+        )
         workdir = out_dir / 'runs' / entry['source_row']
       except ValueError as e:
         entry['status'] = str(e)

@@ -191,7 +191,7 @@ def rank_served(
 
 def best_trained_row(
   results: Mapping[str, Any],
-  candidates: Sequence[str] | None = None,
+  candidates: Sequence[str],
   *,
   split: str = 'default/test',
   metric: str = 'recall@100',
@@ -205,16 +205,12 @@ def best_trained_row(
 
   Args:
     results: `results.run_results`' dict ({'rows': {name: {'splits': ...}}}, table order).
-    candidates: row names to choose from (None: the rows of kind 'trained').
+    candidates: row names to choose from (the driver passes its rows of kind 'trained').
     split, metric: where the score is read.
 
   Raises:
     ValueError: no candidate row has the score (none trained or scored yet).
   """
-  if candidates is None:
-    from make_jax.evaluation import results as results_lib  # Avoids an import cycle.
-
-    candidates = [r.name for r in results_lib.ROWS if r.kind == 'trained']
   best, best_score = None, None
   for name, row in results.get('rows', {}).items():
     score = row.get('splits', {}).get(split, {}).get('overall', {}).get(metric)
