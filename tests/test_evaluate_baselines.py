@@ -117,6 +117,7 @@ def test_minilm_ranks_the_tiny_catalogue(minilm):
 
 def test_results_driver_writes_scored_rows(tmp_path):
   es = _eval_set()
+  lines = []
   out = results.run_results(
     ['bm25', 'make', 'two_tower_text'],
     tmp_path,
@@ -124,7 +125,11 @@ def test_results_driver_writes_scored_rows(tmp_path):
     splits=[('default', 'test')],
     ks=(1, 10),
     bootstrap_samples=10,
+    progress=lines.append,
   )
+  assert lines[0] == 'bm25: BM25 (titles)' and lines[1].startswith('bm25: run in ')
+  assert lines[1].endswith('recall@1 1.0000, recall@10 1.0000')
+  assert lines[3].startswith('two_tower_text: not trained') and len(lines) == 6
   bm25 = out['rows']['bm25']['splits']['default/test']
   assert bm25['overall']['recall@1'] == 1.0
   assert out['rows']['make']['status'].startswith('not trained')

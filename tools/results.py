@@ -12,7 +12,9 @@ count.
 Rows, what each trains and what is not wired yet: make_jax/evaluation/results.py.
 Writes <out>/results.json, <out>/results.md, the ranked lists of every row and split
 (JSON lines that tools/evaluate.py scores alike) and the figures (<out>/figures/*.png:
-training curves, Recall@K against K, example results); prints the table.
+training curves, Recall@K against K, example results); prints each row as it starts and
+ends (with the trainer's progress lines), then the table. Library INFO logs are hidden
+unless `--verbosity` is given.
 """
 
 import functools
@@ -46,7 +48,7 @@ _INIT_FROM = flags.DEFINE_string('init_from', '', 'Pretrained params for the tra
 
 @functools.cache  # The figures read the splits the table was scored on.
 def _load_split(config_name: str, split: str):
-  logging.info('reading %s/%s', config_name, split)
+  print(f'reading {config_name}/{split}', flush=True)
   return eval_set.load_split(config_name, split, _DATA_DIR.value, _MANUAL_DIR.value)
 
 
@@ -61,6 +63,8 @@ def _train(row: results.Row, workdir: pathlib.Path) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # Library INFO logs (orbax, TFDS) drown the rows.
+    logging.set_verbosity(logging.WARNING)
   rows = list(results.ROW_NAMES) if _ROWS.value == ['all'] else _ROWS.value
   out = results.run_results(
     rows,
@@ -70,6 +74,7 @@ def main(argv):
     judged_ks=[int(k) for k in _JUDGED_KS.value],
     bootstrap_samples=_BOOTSTRAP.value,
     train=_train if _TRAIN.value else None,
+    progress=lambda line: print(line, flush=True),
   )
   print(results.markdown_table(out, out['ks'], out['judged_ks']))
   written, not_drawn = figures.draw_all(_OUT.value, _load_split)

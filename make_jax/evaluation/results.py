@@ -233,6 +233,7 @@ def run_results(
   judged_ks: Sequence[int] = evaluate.DEFAULT_JUDGED_KS,
   bootstrap_samples: int = 1000,
   train: Callable[[Row, pathlib.Path], None] | None = None,
+  progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
   """Runs and scores the named rows on every split; writes results.json and results.md.
 
@@ -244,6 +245,7 @@ def run_results(
     ks, judged_ks, bootstrap_samples: as `evaluate.evaluate_rankings`.
     train: (row, workdir) -> None trains a row (None: trained rows are only evaluated
       where `<out>/runs/<row>` already holds a checkpoint, else reported as not run).
+    progress: called with a line as each row starts and ends (the CLI prints them).
 
   Rows already in `<out>/results.json` (scored with the same cut-offs) stay in it and in
   the table unless re-run, so rows can be run one command at a time.
@@ -264,6 +266,7 @@ def run_results(
   for row in (r for r in ROWS if r.name in rows):
     entry: dict[str, Any] = {'label': row.label, 'status': 'run', 'splits': {}}
     start = time.time()
+    progress(f'{row.name}: {row.label}')
     workdir = out_dir / 'runs' / row.name
     if row.kind == 'pending':
       entry['status'] = row.note
@@ -303,6 +306,9 @@ def run_results(
         res.pop('per_query')
         entry['splits'][f'{config_name}/{split}'] = res
     entry['seconds'] = round(time.time() - start, 1)
+    scored = entry['splits'].get('/'.join(splits[0]), {}).get('overall', {})
+    summary = ', '.join(f'recall@{k} {scored[f"recall@{k}"]:.4f}' for k in ks if scored)
+    progress(f'{row.name}: {entry["status"]} in {entry["seconds"]:.0f} s; {summary}'.rstrip('; '))
     previous[row.name] = entry
     # Table order, rows of earlier runs of this directory kept (a row re-run replaces its own).
     results['rows'] = {r.name: previous[r.name] for r in ROWS if r.name in previous}
