@@ -1,5 +1,6 @@
 """The baseline rows (BM25, untrained MiniLM) and the results driver on a tiny catalogue."""
 
+import functools
 import json
 import math
 
@@ -117,16 +118,16 @@ def test_minilm_ranks_the_tiny_catalogue(minilm):
 
 def test_results_driver_writes_scored_rows(tmp_path):
   es = _eval_set()
-  lines = []
-  out = results.run_results(
-    ['bm25', 'make', 'two_tower_text'],
-    tmp_path,
+  run = functools.partial(
+    results.run_results,
+    out_dir=tmp_path,
     load_split=lambda config, split: (None, es, DOMAIN_WORDS),
     splits=[('default', 'test')],
     ks=(1, 10),
     bootstrap_samples=10,
-    progress=lines.append,
   )
+  lines = []
+  out = run(['bm25', 'make', 'two_tower_text'], progress=lines.append)
   assert lines[0] == 'bm25: BM25 (titles)' and lines[1].startswith('bm25: run in ')
   assert lines[1].endswith('recall@1 1.0000, recall@10 1.0000')
   assert lines[3].startswith('two_tower_text: not trained') and len(lines) == 6
@@ -144,26 +145,12 @@ def test_results_driver_writes_scored_rows(tmp_path):
   table = (tmp_path / 'results.md').read_text()
   assert '| BM25 (titles) | default/test | 1.0000' in table and 'MAKE | not run' in table
   # A later run of one row in the same directory keeps the other rows, in table order.
-  again = results.run_results(
-    ['make'],
-    tmp_path,
-    load_split=lambda config, split: (None, es, DOMAIN_WORDS),
-    splits=[('default', 'test')],
-    ks=(1, 10),
-    bootstrap_samples=10,
-  )
+  again = run(['make'])
   assert list(again['rows']) == ['bm25', 'two_tower_text', 'make']
   assert again['rows']['bm25'] == saved['rows']['bm25']
   assert '| BM25 (titles) | default/test | 1.0000' in (tmp_path / 'results.md').read_text()
   # The served row needs a scored trained row to serve: none here, so it says so.
-  served_row = results.run_results(
-    ['best_relevance_control'],
-    tmp_path,
-    load_split=lambda config, split: (None, es, DOMAIN_WORDS),
-    splits=[('default', 'test')],
-    ks=(1, 10),
-    bootstrap_samples=10,
-  )['rows']['best_relevance_control']
+  served_row = run(['best_relevance_control'])['rows']['best_relevance_control']
   assert 'no trained row' in served_row['status'] and not served_row['splits']
 
 

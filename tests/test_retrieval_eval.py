@@ -5,6 +5,7 @@ shared TFDS directory, like tests/test_input_pipeline.py.
 """
 
 import collections
+import functools
 from unittest import mock
 
 import flax.linen as nn
@@ -144,7 +145,8 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
 
   # A catalogue cache: the second evaluator reads no catalogue and gives the same metrics.
   cache = {}
-  first = retrieval_eval.RetrievalEvaluator(
+  cached = functools.partial(
+    retrieval_eval.RetrievalEvaluator,
     config,
     text,
     builder,
@@ -156,22 +158,12 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
     catalogue_cache=cache,
     catalogue_key='k',
   )
+  first = cached()
   assert list(cache) == ['k']
   with mock.patch.object(
     retrieval_eval.RetrievalEvaluator, '_load_catalogue', side_effect=AssertionError('read')
   ):
-    second = retrieval_eval.RetrievalEvaluator(
-      config,
-      text,
-      builder,
-      'validation',
-      max_queries=40,
-      ks=KS,
-      batch_size=64,
-      search_chunk=128,
-      catalogue_cache=cache,
-      catalogue_key='k',
-    )
+    second = cached()
   assert first(model, params) == got and second(model, params) == got
 
 
