@@ -70,7 +70,7 @@ def test_unfiltered_served_path_equals_exact_search(run, tmp_path):
   full = run['full']
   ranked = tmp_path / 'off.jsonl'
   got = served.rank_served(
-    run['workdir'], run['builder'], 'test', list(full), K, use_filters=False, ranked_path=ranked
+    run['workdir'], run['builder'], list(full), K, use_filters=False, ranked_path=ranked
   )
   lines = _lines(ranked)
   assert set(got) == set(full) and len(full) > 100
@@ -86,7 +86,7 @@ def test_unfiltered_served_path_equals_exact_search(run, tmp_path):
 def test_filtered_results_satisfy_the_filter_and_rank_exactly(run, tmp_path):
   full, builder = run['full'], run['builder']
   ranked = tmp_path / 'on.jsonl'
-  got = served.rank_served(run['workdir'], builder, 'test', list(full), K, ranked_path=ranked)
+  got = served.rank_served(run['workdir'], builder, list(full), K, ranked_path=ranked)
   lines = _lines(ranked)
   source = builder.as_data_source('catalogue')
   attrs = {
@@ -116,7 +116,7 @@ def test_second_catalogue_has_its_own_view(run):
   assert stamp() == before  # A current view is reused.
   other = loading.prepare('synthetic_products', 'en_n200', run['data_dir'])
   queries = list(run['full'])[:20]
-  got = served.rank_served(run['workdir'], other, 'test', queries, K, use_filters=False)
+  got = served.rank_served(run['workdir'], other, queries, K, use_filters=False)
   assert set(got) == set(queries) and all(len(v) == K for v in got.values())
   assert max(max(v) for v in got.values()) < 200  # en_n200's products (ids 0..199) only.
   m = manifest_lib.read(served.view_dir(run['workdir'], 'en_n200') / 'export' / 'products')

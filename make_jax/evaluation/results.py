@@ -293,7 +293,7 @@ def run_results(
         ranked_path = out_dir / row.name / f'{config_name}_{split}.jsonl'
         if row.kind == 'served':  # Writes its ranked lines itself (scores, filters).
           rankings = served.rank_served(
-            workdir, builder, split, es.queries, max(ks), ranked_path=ranked_path
+            workdir, builder, es.queries, max(ks), ranked_path=ranked_path
           )
         else:
           if row.kind == 'trained':

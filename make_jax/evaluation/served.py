@@ -145,7 +145,6 @@ def prepare_view(
 def rank_served(
   workdir: str | os.PathLike,
   builder: Any,
-  split: str,
   queries: Sequence[str],
   k: int,
   *,
@@ -159,7 +158,6 @@ def rank_served(
     workdir: the trained run (its newest checkpoint is served).
     builder: the prepared TFDS builder of the catalogue to search (`default` or
       `hide_colour`); its export and index go to `view_dir(workdir, <its config>)`.
-    split: the split the queries come from (recorded only; the ranking is by text).
     queries: the query texts, e.g. an `EvalSet`'s `queries`.
     k: results per query.
     use_filters: relevance control on (the served row) or off (the ablation, and the
@@ -171,7 +169,6 @@ def rank_served(
   Returns:
     {query: product ids, best first} (as `sources.rankings_of` gives; repeated queries once).
   """
-  del split  # The queries are given; the split names the caller's output file.
   lay, params, step = prepare_view(workdir, builder)
   searcher = service.searcher_from_workdir(
     lay.root, params=params, step=step, max_batch=max_batch, warmup=False
