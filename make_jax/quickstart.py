@@ -36,6 +36,7 @@ from make_jax.datasets import loading
 from make_jax.export import embed, model_handler, query_table
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
+from make_jax.input import reading
 from make_jax.serving import search, service
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
@@ -140,15 +141,11 @@ def run(
 def write_query_log(builder: Any, split: str, path: pathlib.Path) -> int:
   """Writes the distinct queries of `split` with their counts (`query<TAB>count`, most
   frequent first) atomically to `path`; returns the number of lines."""
-  import tensorflow_datasets as tfds
-
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   counts: collections.Counter[str] = collections.Counter()
-  for start in range(0, len(source), 1024):
-    for record in source.__getitems__(list(range(start, min(start + 1024, len(source))))):
-      query = ' '.join(_text(record['query']).split())  # No tab or newline inside a column.
-      if query:
-        counts[query] += 1
+  for record in reading.records(reading.undecoded_source(builder, split)):
+    query = ' '.join(_text(record['query']).split())  # No tab or newline inside a column.
+    if query:
+      counts[query] += 1
   lines = sorted(counts.items(), key=lambda qc: (-qc[1], qc[0]))
   atomic_file.write_text(path, ''.join(f'{q}\t{c}\n' for q, c in lines))
   return len(lines)

@@ -26,10 +26,12 @@ record dicts with `from_records`, which the tests use):
 
 import collections
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from make_jax.input import reading
 
 Generation = tuple[tuple[str, str], ...]  # ((product attribute, wanted value), ...), sorted.
 
@@ -164,19 +166,12 @@ def from_records(
   )
 
 
-def _records(source: Any, chunk: int = 2048) -> Iterator[Mapping[str, Any]]:
-  for start in range(0, len(source), chunk):
-    yield from source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-
-
 def from_builder(builder: Any, split: str = 'test', catalogue_split: str = 'catalogue') -> EvalSet:
   """The EvalSet of a prepared TFDS builder's `split` (images are not decoded).
 
   Raises:
     ValueError: a split is missing or the dataset records no query intents.
   """
-  import tensorflow_datasets as tfds  # Heavy: only when a builder is read.
-
   for s in (catalogue_split, split):
     if s not in builder.info.splits:
       raise ValueError(f'Split {s!r} not in {list(builder.info.splits)}')
@@ -184,10 +179,9 @@ def from_builder(builder: Any, split: str = 'test', catalogue_split: str = 'cata
   intents = dict(meta.get('intent_features', {}))
   if not intents:
     raise ValueError(f'{builder.name} records no intent_features: P_rel has no constraints')
-  decoders = {'image': tfds.decode.SkipDecoding()}
   return from_records(
-    _records(builder.as_data_source(catalogue_split, decoders=decoders)),
-    _records(builder.as_data_source(split, decoders=decoders)),
+    reading.records(reading.undecoded_source(builder, catalogue_split), chunk=2048),
+    reading.records(reading.undecoded_source(builder, split), chunk=2048),
     intents,
     attribute_features=meta.get('attribute_features', ()),
   )

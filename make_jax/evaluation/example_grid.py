@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.input import reading
 
 HIT_COLOUR = '#1a9641'
 MISS_COLOUR = '#bbbbbb'
@@ -50,16 +51,12 @@ def product_images(
   builder: Any, product_ids: Sequence[int], split: str = 'catalogue'
 ) -> dict[int, bytes]:
   """{product id: encoded image bytes} of the wanted products in a TFDS builder's split."""
-  import tensorflow_datasets as tfds  # Heavy: only when a builder is read.
-
   wanted = {int(i) for i in product_ids}
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   out: dict[int, bytes] = {}
-  for start in range(0, len(source), 2048):
-    for record in source.__getitems__(list(range(start, min(start + 2048, len(source))))):
-      pid = int(record['product_id'])
-      if pid in wanted and pid not in out:
-        out[pid] = bytes(record['image'])
+  for record in reading.records(reading.undecoded_source(builder, split), chunk=2048):
+    pid = int(record['product_id'])
+    if pid in wanted and pid not in out:
+      out[pid] = bytes(record['image'])
   return out
 
 

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 
 from make_jax import atomic_file
 from make_jax.input import pipeline as input_pipeline
+from make_jax.input import reading
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -40,13 +41,9 @@ def _text(value: Any) -> str:
 
 def corpus(builder: Any, split: str) -> Iterator[str]:
   """Titles and queries of `split`, read without decoding images."""
-  import tensorflow_datasets as tfds  # Heavy: only when a vocabulary must be learned.
-
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-  for start in range(0, len(source), 1024):
-    for record in source.__getitems__(list(range(start, min(start + 1024, len(source))))):
-      yield _text(record['title'])
-      yield _text(record['query'])
+  for record in reading.records(reading.undecoded_source(builder, split)):
+    yield _text(record['title'])
+    yield _text(record['query'])
 
 
 def sync(name: str) -> None:

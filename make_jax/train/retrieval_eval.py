@@ -39,7 +39,7 @@ per-device copies).
 
 import collections
 import math
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Hashable, MutableMapping, Sequence
 from typing import Any
 
 import jax
@@ -49,6 +49,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import make_jax.evaluation.metrics as metrics_lib
+from make_jax.input import reading
 from make_jax.input.featurize import SkipRecord, decode_image, make_featurizer
 
 # What `_load_catalogue` sets: the state evaluators may share through a catalogue cache.
@@ -65,11 +66,6 @@ _CATALOGUE_FIELDS = (
 
 def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
-def _records(source: Any, chunk: int = 1024) -> Iterator[Mapping[str, Any]]:
-  for start in range(0, len(source), chunk):
-    yield from source.__getitems__(list(range(start, min(start + chunk, len(source)))))
 
 
 def to_one_device(params: Any, device: jax.Device) -> Any:
@@ -131,8 +127,6 @@ class RetrievalEvaluator:
     Raises:
       ValueError: a split is missing, or no product or no query is usable.
     """
-    import tensorflow_datasets as tfds  # Heavy: only when an evaluator is built.
-
     self.ks = tuple(ks)
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f'ks must be positive integers, got {self.ks}')
@@ -144,7 +138,6 @@ class RetrievalEvaluator:
     self.traces = 0  # Jit traces so far (one per function and model).
     meta = builder.info.metadata
     intents = dict(meta.get('intent_features', {}))  # query feature -> product feature
-    decoders = {'image': tfds.decode.SkipDecoding()}
     cached = None if catalogue_cache is None else catalogue_cache.get(catalogue_key)
     if cached is not None:
       self.__dict__.update(cached)
@@ -152,16 +145,14 @@ class RetrievalEvaluator:
       self._load_catalogue(
         config,
         text,
-        builder.as_data_source(catalogue_split, decoders=decoders),
+        reading.undecoded_source(builder, catalogue_split),
         meta.get('attribute_features', ()),
         sorted(set(intents.values())),
         image_cache_bytes,
       )
       if catalogue_cache is not None:
         catalogue_cache[catalogue_key] = {k: getattr(self, k) for k in _CATALOGUE_FIELDS}
-    self._load_queries(
-      config, text, builder.as_data_source(split, decoders=decoders), intents, max_queries
-    )
+    self._load_queries(config, text, reading.undecoded_source(builder, split), intents, max_queries)
     self.k_max = min(max(self.ks), self.num_products)
     chunk = min(search_chunk, math.ceil(self.num_products / batch_size) * batch_size)
     self._chunk = max(batch_size, chunk // batch_size * batch_size)
@@ -184,7 +175,7 @@ class RetrievalEvaluator:
     cache = len(source) * size * size * 3 <= cache_bytes
     rows: dict[str, list] = collections.defaultdict(list)
     seen = set()
-    for record in _records(source):
+    for record in reading.records(source):
       pid = int(record['product_id'])
       if pid in seen:
         self.skipped['duplicate_product_id'] += 1
@@ -217,7 +208,7 @@ class RetrievalEvaluator:
   def _load_queries(self, config, text, source, intents, max_queries):
     groups: dict[int, dict[str, Any]] = {}
     self.skipped_queries = 0
-    for record in _records(source):
+    for record in reading.records(source):
       query = _text(record['query'])
       if not query.strip():
         self.skipped_queries += 1
