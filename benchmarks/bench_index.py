@@ -58,7 +58,10 @@ _QUERIES = flags.DEFINE_integer('queries', 10_000, 'Test queries.')
 _K = flags.DEFINE_integer('k', 100, 'Neighbours (recall@k).')
 _CLUSTERS = flags.DEFINE_integer('clusters', 1000, 'Mixture components.')
 _NOISE = flags.DEFINE_float('noise', 1.0, 'Within-cluster std relative to the centres.')
-_SINGLE = flags.DEFINE_integer('single', 1000, 'Queries timed one at a time.')
+_SINGLE = flags.DEFINE_integer(
+  'single', 1000, 'Queries timed one at a time per round (exact search: a tenth of them).'
+)
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds of the single-query timings.')
 _HNSW_M = flags.DEFINE_integer('hnsw_m', 16, 'HNSW graph degree (hnswlib and faiss).')
 _HNSW_EFC = flags.DEFINE_integer('hnsw_ef_construction', 100, 'HNSW ef_construction.')
 _THREADS = flags.DEFINE_integer('build_threads', 2, 'Threads for the HNSW builds.')
@@ -109,6 +112,27 @@ def timed_single(fn, queries):
   return len(queries) / (time.perf_counter() - start)
 
 
+# name -> (one-query search function at the method's measured setting, queries per round).
+SINGLE = {}
+
+
+def interleaved_single(queries, rounds):
+  """Single-query q/s of every method in `SINGLE`, `rounds` times, the methods taking turns
+  within each round (other queries each round), so every ratio compares timings taken
+  under the same machine load: {name: [q/s per round]}."""
+  per = {name: [] for name in SINGLE}
+  for r in range(rounds):
+    for name, (fn, n) in SINGLE.items():
+      start = (r * n) % max(1, len(queries) - n)
+      per[name].append(timed_single(fn, queries[start : start + n]))
+    print(f'single-query round {r + 1}/{rounds}:', {k: round(v[-1]) for k, v in per.items()})
+  return per
+
+
+def median_range(values):
+  return float(np.median(values)), float(np.min(values)), float(np.max(values))
+
+
 def recall_at(found, truth):
   from make_jax.export.index import recall
 
@@ -121,30 +145,34 @@ def bench_exact(db, queries, k):
   start = time.perf_counter()
   truth, _ = exact_top_k(db, queries, k)
   batched = len(queries) / (time.perf_counter() - start)
-  single = timed_single(lambda q: exact_top_k(db, q[None], k), queries[: _SINGLE.value // 10])
+  SINGLE['exact_numpy'] = (lambda q: exact_top_k(db, q[None], k), max(1, _SINGLE.value // 10))
   return truth, {
     'build_s': 0.0,
     'memory_mb': db.nbytes / 2**20,
     'recall': 1.0,
-    'qps_single': single,
     'qps_batched': batched,
     'qps_batched_all_cores': batched,  # NumPy's matmul already uses every core.
   }
 
 
-def _measure_scann(index, queries, truth, k, build_s, mem):
+def _measure_scann(name, index, queries, truth, k, build_s, mem):
+  lv, ro = index._leaves, index._reorder  # This setting, for the interleaved timings.
+
+  def one(q):
+    index._leaves, index._reorder = lv, ro
+    return index.search(q, k)
+
+  SINGLE[name] = (one, _SINGLE.value)
   start = time.perf_counter()
   found, _ = index.search_batched(queries, k)
   batched = len(queries) / (time.perf_counter() - start)
   start = time.perf_counter()
   index.search_batched(queries, k, parallel=True)
   parallel = len(queries) / (time.perf_counter() - start)
-  single = timed_single(lambda q: index.search(q, k), queries[: _SINGLE.value])
   return {
     'build_s': build_s,
     'memory_mb': mem,
     'recall': recall_at(found, truth),
-    'qps_single': single,
     'qps_batched': batched,
     'qps_batched_all_cores': parallel,
     'config': index.manifest['config'],
@@ -168,15 +196,18 @@ def bench_scann(db, queries, truth, k, tune_queries):
   start = time.perf_counter()
   index = index_lib.build(db, ids, {}, index_lib.configure(len(db), k))
   build_s, mem = time.perf_counter() - start, (rss() - before) / 2**20
-  results['scann_configured'] = _measure_scann(index, queries, truth, k, build_s, mem)
+  results['scann_configured'] = _measure_scann(
+    'scann_configured', index, queries, truth, k, build_s, mem
+  )
   print('scann_configured', results['scann_configured'], flush=True)
 
-  def tuned(target):
+  def tuned(name, target):
     t = index_lib.tune(index, ids, db, tune_queries, k=k, target_recall=target)
     print(f'tuned for {target:.4f}:', {k2: v for k2, v in t.items() if k2 != 'sweep'}, flush=True)
-    return {**_measure_scann(index, queries, truth, k, build_s, mem), 'tune_sweep': t['sweep']}
+    out = _measure_scann(name, index, queries, truth, k, build_s, mem)
+    return {**out, 'tune_sweep': t['sweep']}
 
-  results['scann_tuned'] = tuned(0.95)
+  results['scann_tuned'] = tuned('scann_tuned', 0.95)
   print('scann_tuned', results['scann_tuned'], flush=True)
   return results, tuned
 
@@ -218,12 +249,11 @@ def bench_hnswlib(db, queries, truth, k, target):
   p.knn_query(queries, k)
   parallel = len(queries) / (time.perf_counter() - start)
   p.set_num_threads(1)
-  single = timed_single(lambda q: p.knn_query(q[None], k), queries[: _SINGLE.value])
+  SINGLE['hnswlib'] = (lambda q: p.knn_query(q[None], k), _SINGLE.value)
   return {
     'build_s': build_s,
     'memory_mb': mem,
     'recall': recall_at(found, truth),
-    'qps_single': single,
     'qps_batched': batched,
     'qps_batched_all_cores': parallel,
     'ef_search': ef,
@@ -256,12 +286,11 @@ def bench_faiss(db, queries, truth, k, target):
   index.search(queries, k)
   parallel = len(queries) / (time.perf_counter() - start)
   faiss.omp_set_num_threads(1)
-  single = timed_single(lambda q: index.search(q[None], k), queries[: _SINGLE.value])
+  SINGLE['faiss_hnsw'] = (lambda q: index.search(q[None], k), _SINGLE.value)
   return {
     'build_s': build_s,
     'memory_mb': mem,
     'recall': recall_at(found, truth),
-    'qps_single': single,
     'qps_batched': batched,
     'qps_batched_all_cores': parallel,
     'ef_search': ef,
@@ -393,23 +422,42 @@ def main(argv):
     results['faiss_hnsw'] = bench_faiss(db, queries, truth, k, target)
     print('faiss', results['faiss_hnsw'], flush=True)
   if tuned is not None and 'hnswlib' in results:
-    results['scann_at_hnswlib_recall'] = tuned(results['hnswlib']['recall'])
+    results['scann_at_hnswlib_recall'] = tuned(
+      'scann_at_hnswlib_recall', results['hnswlib']['recall']
+    )
     print('scann_at_hnswlib_recall', results['scann_at_hnswlib_recall'], flush=True)
+  per = interleaved_single(queries, _ROUNDS.value)
+  for name, qps in per.items():
+    results[name]['qps_single_rounds'] = qps
+    results[name]['qps_single'], lo, hi = median_range(qps)
+    for ref in ('exact_numpy', 'hnswlib'):
+      if ref in per:
+        ratio = np.asarray(qps) / np.asarray(per[ref])
+        results[name][f'single_vs_{ref}'] = median_range(ratio)
   print(
     f'\n| method | build s | memory MB | recall@{k} | q/s single | q/s batched, 1 thread | '
     f'q/s batched, {_THREADS.value} threads | single vs exact | batched (all cores) vs exact | '
     'single vs hnswlib |'
   )
   print('|---|---|---|---|---|---|---|---|---|---|')
+
+  def ratio(r, ref):
+    if f'single_vs_{ref}' not in r:
+      return '-'
+    m, lo, hi = r[f'single_vs_{ref}']
+    return f'{m:.2f}x [{lo:.2f}-{hi:.2f}]' if m < 10 else f'{m:.0f}x [{lo:.0f}-{hi:.0f}]'
+
   for name, r in results.items():
-    vs_exact = r['qps_single'] / exact['qps_single']
     vs_exact_b = r['qps_batched_all_cores'] / exact['qps_batched_all_cores']
-    vs_h = r['qps_single'] / results['hnswlib']['qps_single'] if 'hnswlib' in results else 0
     print(
       f'| {name} | {r["build_s"]:.1f} | {r["memory_mb"]:.0f} | {r["recall"]:.4f} | '
       f'{r["qps_single"]:.0f} | {r["qps_batched"]:.0f} | {r["qps_batched_all_cores"]:.0f} | '
-      f'{vs_exact:.0f}x | {vs_exact_b:.1f}x | {vs_h:.2f}x |'
+      f'{ratio(r, "exact_numpy")} | {vs_exact_b:.1f}x | {ratio(r, "hnswlib")} |'
     )
+  print(
+    f'single: median [range] over {_ROUNDS.value} interleaved rounds; ratios per round. '
+    'Batched: one pass over all queries.'
+  )
   if _PIPELINES.value:
     results['pipelines'] = bench_pipelines(_TABLE_QUERIES.value)
   if _OUT.value:
