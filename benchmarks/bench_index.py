@@ -1,7 +1,7 @@
 r"""ANN search on synthetic unit vectors, and the export / query-table pipelines' throughput.
 
-Run (the full benchmark; tens of minutes on 2 cores, hnswlib's build most of it):
-  python -m benchmarks.bench_index --n=1000000 --dim=128 --queries=10000
+Run (the full benchmark, the defaults: 1M x 128, 10k queries; ~16 min on 2 cores):
+  python -m benchmarks.bench_index --out=/tmp/bench_index.json
 Quick check:
   python -m benchmarks.bench_index --n=100000 --queries=2000 --pipelines=false
 
@@ -14,32 +14,19 @@ In one run: exact NumPy top-k (the ground truth), the ScaNN index as `configure`
 as `tune` sets it (on 1,000 separate tuning queries; target recall@k 0.95), hnswlib and
 faiss HNSW with ef_search raised until recall@k reaches `--target_recall` (or the largest ef
 tried), then the same ScaNN index re-tuned to the recall hnswlib reached (the comparison at
-equal recall). For each: build seconds, resident memory added by the build, recall@k against exact
-search, queries/s single query (one at a time) and batched (all queries in one call, one
-thread), and the ratios to exact search and to hnswlib. Then (`--pipelines`) the export's
+equal recall). For each: build seconds, resident memory added by the build, recall@k
+against exact search, queries/s one query at a time (median of `--rounds` rounds in which
+the methods take turns; ratios to exact search and to hnswlib per round, median [range])
+and batched (all queries in one call, one thread and all threads). Then (`--pipelines`) the export's
 products/s and the query table's queries/s on the DirectRunner with the tiny model
 (wall time including start-up and compilation), and the table's lookup p50/p99.
 
-Measured on a shared 2-core CPU machine under heavy load from other jobs (absolute q/s are
-low and noisy; ratios from one process are the figures to read):
-  --n=1000000 --queries=1000 --single=200 --skip=hnswlib,faiss --pipelines=false
-    exact NumPy 8.8 q/s batched, 5.9 single; ScaNN as configured (2000 leaves, 80 searched,
-    re-rank 400): recall@100 0.9970, 1865 q/s batched (211x exact), 1279 single (217x);
-    tuned (10 leaves, re-rank 400): 0.9970, 3128 q/s batched (354x), 2455 single (417x);
-    build 157 s (incl. the ScaNN import), +1.3 GB resident.
-  --n=1000000 --queries=1000 --single=200 --skip=scann,faiss --target_recall=0.997
-  --hnsw_ef_construction=64 --pipelines=false (another process, later, busier machine)
-    exact 6.2 q/s batched, 2.4 single; hnswlib (M=16, efC=64) built in 684 s, +728 MB,
-    recall@100 rises only to 0.9465 at ef=1600, 198 q/s single (81x its exact; ScaNN tuned
-    reached 0.997 at 417x its exact, 12x hnswlib's absolute single-query q/s).
-  --n=100000 --queries=2000 --single=300 --pipelines=false (ScaNN vs HNSW, M=16, efC=100)
-    ScaNN tuned recall 0.957, 730 q/s single; hnswlib (ef=100, the smallest ef >= k)
-    0.980, 324 q/s single; faiss HNSW 0.981, 234 q/s single.
-  --ann=false (all 101,000 Multi-CPR queries, tiny random model of the zh vocabulary)
-    100,903 rows = distinct sorted-word sequences (1 qid collision, told apart by the key);
-    all 101,000 found with their words shuffled; build 241 s (419 queries/s) on the
-    DirectRunner; lookup p50 38 us, p99 12 ms (484 us on a quieter run of the 100k train
-    queries); export 1000 products in 55 s incl. compilation (18 products/s).
+Measured (docs/index.md has the table and the reading): the default run, 16 min on the
+shared 2-core machine. Exact 31 q/s single, 80 batched. ScaNN as configured: recall@100
+0.9968, 78x [75-90] exact single-query q/s, 1.29x hnswlib's. Tuned: 143x [122-156], 2.13x
+hnswlib. hnswlib ef 150: 0.962; faiss ef 150: 0.974. ScaNN at hnswlib's recall: 2.30x
+[1.95-2.55]. Query table: 101k real queries in 55 s, 100,903 rows, all found shuffled,
+lookup p50 67 us and p99 202 us.
 """
 
 import gc
