@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -64,6 +65,29 @@ def test_bfloat16_compute_keeps_float32_params():
   assert out.dtype == jnp.bfloat16
   ref = TextEncoder(CFG).apply(params, ids, mask)
   assert np.abs(np.asarray(out, np.float32) - np.asarray(ref)).max() < 0.1
+
+
+def test_float64_needs_64_bit_jax_and_is_then_float64_end_to_end():
+  """model.dtype=float64 (the layouts' numerics check) is refused without 64-bit JAX, and
+  with it the parameters, the attention scores and the outputs are float64."""
+  assert not jax.config.jax_enable_x64
+  with pytest.raises(ValueError, match='model.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64'):
+    dataclasses.replace(CFG, dtype='float64', param_dtype='float64')
+  with pytest.raises(ValueError, match=r"model.dtype='float8'; expected float32\|bfloat16"):
+    dataclasses.replace(CFG, dtype='float8')
+  ids, mask = _inputs()
+  jax.config.update('jax_enable_x64', True)
+  try:
+    cfg = dataclasses.replace(CFG, dtype='float64', param_dtype='float64')
+    model = TextEncoder(cfg)
+    params = nn.meta.unbox(model.init(jax.random.key(0), ids, mask))
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(params))
+    out = model.apply(params, ids, mask)
+    assert out.dtype == jnp.float64
+    ref = TextEncoder(CFG).apply(jax.tree.map(lambda x: x.astype(jnp.float32), params), ids, mask)
+  finally:
+    jax.config.update('jax_enable_x64', False)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref, np.float64), atol=1e-5)
 
 
 def test_too_long_sequence_is_a_clear_error():

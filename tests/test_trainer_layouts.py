@@ -1,13 +1,15 @@
-"""'single', 'pmap' and 'pjit' train the same model: the losses of 20 steps agree (SPEC 6).
+"""'single', 'pmap' and 'pjit' train the same model in float32: the first steps agree (SPEC 6).
 
 A user moving a run from one device to eight, or from pmap to pjit with the parameters
 sharded, relies on getting the run one device would have made with the global batch. Here
-`train_and_evaluate` runs 20 steps of the tiny config on 8 fake CPU devices in each layout
-(pjit with replicated parameters and with parameters sharded over `data`, FSDP) and every
-step's loss and loss terms are compared with 'single'.
+`train_and_evaluate` runs the tiny config on 8 fake CPU devices in each layout (pjit with
+replicated parameters and with parameters sharded over `data`, FSDP) and every step's loss
+and loss terms are compared with 'single', to relative 1e-5.
 
-Tolerance: `trainer_testlib.rtol` (1e-5 to step 8, then 3e-3; the reasons are there).
-A checkpoint written by the pmap layout on 8 devices is restored into pjit with sharded
+Float32 runs drift apart after a few steps (`trainer_testlib.rtol` says why), so they are
+compared for 4 steps here, for pmap and for pjit with FSDP parameters (the layout furthest
+from 'single'); tests/test_trainer_layouts_float64.py runs all three layouts in float64 and
+holds 1e-5 for 20 steps, and the two-process test compares float32 pjit runs. A checkpoint written by the pmap layout on 8 devices is restored into pjit with sharded
 parameters and into 'single' on one device, and must give back the same state.
 """
 
@@ -28,12 +30,15 @@ def prepared(tmp_path_factory):
   return trainer_testlib.prepare(tmp_path_factory)
 
 
+STEPS = 4  # Float32 layouts agree to 1e-5 this far (trainer_testlib.rtol).
+
+
 def _run(prepared, tmp_path, parallelism, param_sharding='replicated'):
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = parallelism
   config.param_sharding = param_sharding
-  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}', stop_at=20)
-  assert [h['step'] for h in out['history']] == list(range(1, 21))
+  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}', stop_at=STEPS)
+  assert [h['step'] for h in out['history']] == list(range(1, STEPS + 1))
   return out['history']
 
 
@@ -43,19 +48,15 @@ def single(prepared, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-  'parallelism,param_sharding', [('pmap', 'replicated'), ('pjit', 'replicated'), ('pjit', 'fsdp')]
-)
+@pytest.mark.parametrize('parallelism,param_sharding', [('pmap', 'replicated'), ('pjit', 'fsdp')])
 def test_layout_losses_equal_single_device(prepared, single, tmp_path, parallelism, param_sharding):
-  # Not vacuous: the loss falls, CDNS and the queue are active.
-  assert single[-1]['loss'] < single[0]['loss']
+  # Not vacuous: CDNS and the queue are active (the float64 test also sees the loss fall).
   assert single[-1]['qpm_negatives_bank'] > 0 and single[-1]['qpm_cdns_on'] == 1.0
   got = _run(prepared, tmp_path, parallelism, param_sharding)
   assert got[-1]['qpm_negatives_cross_device'] > 0  # Sharded: negatives from other devices.
   for g, w in zip(got, single, strict=True):
-    rtol = trainer_testlib.rtol(w['step'])
     for k in TERMS:
-      np.testing.assert_allclose(g[k], w[k], rtol=rtol, err_msg=f'step {w["step"]} {k}')
+      np.testing.assert_allclose(g[k], w[k], rtol=1e-5, err_msg=f'step {w["step"]} {k}')
 
 
 @pytest.mark.slow

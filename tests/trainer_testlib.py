@@ -54,7 +54,9 @@ def rtol(step: int) -> float:
   1.28e-5 at step 6, so 1e-5 is held to step 4; then
   MPM_R (logits / tau = 0.1, the sharpest term) drifts, up to 1.3e-3 by step 20. A gradient
   off by the device count, a missing cross-device term or a wrong data split shows at step 1
-  at the 1e-1 level.
+  at the 1e-1 level. The drift is rounding, not a difference in what is computed: in float64
+  (tests/test_trainer_layouts_float64.py) pmap, pjit and pjit FSDP stay within 6.1e-15 of
+  'single' over all 20 steps.
   """
   return 1e-5 if step <= 4 else 3e-3
 

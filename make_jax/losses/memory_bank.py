@@ -153,6 +153,8 @@ class MemoryBank:
     )
 
 
-def bank_from_config(loss_cfg: Any, global_batch_size: int, dim: int) -> MemoryBank:
+def bank_from_config(
+  loss_cfg: Any, global_batch_size: int, dim: int, dtype: jnp.dtype = jnp.float32
+) -> MemoryBank:
   """The empty queue of `cfg.loss.bank_batches` global batches of `dim`-dim embeddings."""
-  return MemoryBank.create(int(loss_cfg.bank_batches), int(global_batch_size), int(dim))
+  return MemoryBank.create(int(loss_cfg.bank_batches), int(global_batch_size), int(dim), dtype)

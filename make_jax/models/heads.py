@@ -67,7 +67,7 @@ class MlmHead(nn.Module):
   def __call__(
     self, x: jax.Array, positions: jax.Array, attend: Callable[[jax.Array], jax.Array]
   ) -> jax.Array:
-    """x [B, L, H], positions [B, K] -> logits [B, K, V] (float32).
+    """x [B, L, H], positions [B, K] -> logits [B, K, V] (cfg.output_dtype: float32).
 
     `attend` multiplies by the embedding table. Only the K gathered positions are projected.
     """
@@ -75,7 +75,7 @@ class MlmHead(nn.Module):
     bias = self.param(
       'bias', partitioned(ZEROS_INIT, ('vocab',)), (self.cfg.vocab_size,), self.cfg.params_dtype
     )
-    logits = attend(h).astype('float32') + bias
+    logits = attend(h).astype(self.cfg.output_dtype) + bias
     return constrain(logits, ('act_batch', 'act_len', 'act_vocab'))
 
 
@@ -92,4 +92,4 @@ class RegionHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = _Transform(self.cfg, name='transform')(x)
     out = dense(self.cfg, self.out_dim, ('mlp', 'embed'), 'out')(h)
-    return constrain(out.astype('float32'), ('act_batch', 'act_regions', 'act_embed'))
+    return constrain(out.astype(self.cfg.output_dtype), ('act_batch', 'act_regions', 'act_embed'))

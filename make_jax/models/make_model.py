@@ -37,7 +37,7 @@ import numpy as np
 from make_jax.models.heads import MlmHead, RegionHead, mlm_max_predictions
 from make_jax.models.image_encoder import ImageEncoder
 from make_jax.models.layers import dense, weight_init
-from make_jax.models.model_config import ModelConfig
+from make_jax.models.model_config import ModelConfig, at_least_float32
 from make_jax.models.transformer import TextEncoder, TransformerStack
 from make_jax.parallel.partitioning import constrain, partitioned
 
@@ -58,8 +58,8 @@ IMAGE_OUTPUT_KEYS = ('mpm_pred', 'mpm_r_pred', 'mpm_target', 'mpm_r_tau')
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis, in float32."""
-  x = x.astype(jnp.float32)
+  """x / max(||x||, eps) along the last axis, in float32 (float64 stays float64)."""
+  x = x.astype(at_least_float32(x.dtype))
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
@@ -137,7 +137,7 @@ class MakeModel(nn.Module):
 
   def _title_only(self, title):
     """The text-only product tower: normalize(proj_t(title [CLS])), weights (1, 0)."""
-    emb = l2_normalize(self.title_proj(title[:, 0]).astype(jnp.float32))
+    emb = l2_normalize(self.title_proj(title[:, 0]))
     weights = jnp.broadcast_to(jnp.array([1.0, 0.0], jnp.float32), (title.shape[0], 2))
     return constrain(emb, ('act_batch', 'act_embed')), weights
 
@@ -160,13 +160,13 @@ class MakeModel(nn.Module):
       fused = self.fusion(seq, jnp.concatenate([title_mask, img_mask], axis=1), train=train)
       h_title, h_image = fused[:, 0], fused[:, title.shape[1]]
       g = self.gate_out(nn.gelu(self.gate_hidden(jnp.concatenate([h_title, h_image], -1))))
-      weights = jax.nn.softmax(g.astype(jnp.float32), axis=-1)
+      weights = jax.nn.softmax(g.astype(cfg.output_dtype), axis=-1)
     else:
       h_title, h_image = title[:, 0], img[:, 0]
       weights = jnp.full((title.shape[0], 2), 0.5, jnp.float32)
     weights = jnp.where(missing[:, None], jnp.array([1.0, 0.0]), weights)
-    p_title = self.title_proj(h_title).astype(jnp.float32)
-    p_image = self.image_proj(h_image).astype(jnp.float32)
+    p_title = self.title_proj(h_title).astype(cfg.output_dtype)
+    p_image = self.image_proj(h_image).astype(cfg.output_dtype)
     # `where`, not a product with a_image = 0, so nothing of the image reaches the embedding.
     mixed = jnp.where(
       missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image
@@ -241,7 +241,7 @@ class MakeModel(nn.Module):
       out['mpm_pred'] = self.mpm_head(regions)
       out['mpm_r_pred'] = self.mpm_r_head(regions)
       # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
-      out['mpm_target'] = image.regions.astype(jnp.float32)
+      out['mpm_target'] = image.regions.astype(cfg.output_dtype)
       out['mpm_r_tau'] = jnp.exp(self.log_mpm_r_tau)
     if cfg.qpm_learn_temperature:
       out['qpm_temperature'] = jnp.exp(self.log_qpm_temperature)

@@ -6,6 +6,7 @@ neither frozen nor hashable, so the model takes this dataclass, built once from 
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -16,6 +17,13 @@ _RESNET_DEPTHS = (18, 50, 101)
 _LOSS_FIELDS = ('qpm_temperature', 'qpm_learn_temperature', 'mpm_r_tau')
 # Loss terms that read the product image (the MPM heads' outputs): impossible without it.
 IMAGE_LOSSES = ('mpm', 'mpm_r')
+
+
+def at_least_float32(dtype: jnp.dtype) -> jnp.dtype:
+  """The dtype of what is kept in float32 whatever the compute dtype (softmaxes, logits,
+  embeddings): float32 for bfloat16, float16 and float32; float64 for float64, so a float64
+  model (a numerics check) is float64 end to end."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +68,14 @@ class ModelConfig:
       if getattr(self, name) < 1:
         raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
     for name in ('dtype', 'param_dtype'):
-      if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
-        raise ValueError(f'model.{name}={getattr(self, name)!r}; expected float32|bfloat16|float16')
+      value = getattr(self, name)
+      if value not in ('float32', 'bfloat16', 'float16', 'float64'):
+        raise ValueError(f'model.{name}={value!r}; expected float32|bfloat16|float16|float64')
+      if value == 'float64' and not jax.config.jax_enable_x64:
+        raise ValueError(
+          f'model.{name}=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1 (or '
+          "jax.config.update('jax_enable_x64', True)) before JAX is used"
+        )
     for name in ('qpm_temperature', 'mpm_r_tau'):
       if getattr(self, name) <= 0:
         raise ValueError(f'loss.{name}={getattr(self, name)} must be > 0')
@@ -78,6 +92,11 @@ class ModelConfig:
   @property
   def params_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def output_dtype(self) -> jnp.dtype:
+    """Embeddings, logits and softmaxes: float32, or float64 for a float64 model."""
+    return at_least_float32(self.compute_dtype)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':

@@ -14,7 +14,9 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from make_jax.models.model_config import at_least_float32
 from make_jax.parallel.partitioning import constrain, partitioned
 
 # depth -> (block kind, blocks per stage).
@@ -119,7 +121,7 @@ class ResNet(nn.Module):
       raise ValueError(f'resnet depth {self.depth}; expected one of {sorted(STAGES)}')
     kind, blocks = STAGES[self.depth]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = images.astype(jnp.float32) / 255.0
+    x = images.astype(at_least_float32(self.dtype)) / 255.0
     x = ((x - jnp.asarray(_MEAN)) / jnp.asarray(_STD)).astype(self.dtype)
     if self.small_stem:
       x = _ConvNorm(self.width, 3, name='stem', **kw)(x)
@@ -133,7 +135,7 @@ class ResNet(nn.Module):
     return constrain(x, ('act_batch', 'act_height', 'act_width', 'act_channels'))
 
 
-def _pool_matrix(size: int, bins: int) -> jax.Array:
+def _pool_matrix(size: int, bins: int) -> np.ndarray:
   """[bins, size] averaging matrix of adaptive average pooling (PyTorch's bin edges).
 
   Bin i covers [floor(i * size / bins), ceil((i + 1) * size / bins)).
@@ -142,7 +144,7 @@ def _pool_matrix(size: int, bins: int) -> jax.Array:
   for i in range(bins):
     lo, hi = (i * size) // bins, math.ceil((i + 1) * size / bins)
     rows.append([1.0 / (hi - lo) if lo <= j < hi else 0.0 for j in range(size)])
-  return jnp.asarray(rows, jnp.float32)
+  return np.asarray(rows)  # float64 here; cast to the feature map's dtype where used.
 
 
 def adaptive_avg_pool(x: jax.Array, grid: int) -> jax.Array:
@@ -154,4 +156,5 @@ def adaptive_avg_pool(x: jax.Array, grid: int) -> jax.Array:
       'use larger images or model.resnet_small_stem=True'
     )
   ph, pw = _pool_matrix(h, grid), _pool_matrix(w, grid)
-  return jnp.einsum('ih,jw,bhwc->bijc', ph, pw, x.astype(jnp.float32))
+  dtype = at_least_float32(x.dtype)
+  return jnp.einsum('ih,jw,bhwc->bijc', ph.astype(dtype), pw.astype(dtype), x.astype(dtype))

@@ -81,9 +81,9 @@ class SelfAttention(nn.Module):
 
     q, k, v = proj('query'), proj('key'), proj('value')
     q = constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
-    # Scores and softmax in float32 whatever the compute dtype.
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
+    # Scores and softmax in float32 whatever the compute dtype (float64 for a float64 model).
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=cfg.output_dtype)
+    scores = scores / jnp.sqrt(jnp.asarray(head_dim, scores.dtype)) + bias
     probs = jax.nn.softmax(scores, axis=-1)
     probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=not train)
     ctx = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(cfg.compute_dtype), v)

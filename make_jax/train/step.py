@@ -22,6 +22,7 @@ from flax import struct
 
 from make_jax.losses.memory_bank import MemoryBank, bank_from_config
 from make_jax.losses.total import compute_losses, reduce_gradients
+from make_jax.models.model_config import at_least_float32
 from make_jax.parallel.collectives import global_sum
 from make_jax.train import masking
 
@@ -61,7 +62,13 @@ def create_train_state(
   """A fresh state at step 0 with an empty queue sized for the global batch (None: no MBNS)."""
   bank = None
   if int(config.loss.bank_batches) > 0:
-    bank = bank_from_config(config.loss, config.data.global_batch_size, config.model.embed_dim)
+    bank = bank_from_config(
+      config.loss,
+      config.data.global_batch_size,
+      config.model.embed_dim,
+      # The product embeddings' dtype: float32, or float64 for a float64 model.
+      at_least_float32(jnp.dtype(config.model.dtype)),
+    )
   return TrainState(
     step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), bank=bank, rng=rng
   )
