@@ -39,6 +39,8 @@ import numpy as np
 import psutil
 from absl import app, flags
 
+from benchmarks.index_pipelines import bench_pipelines
+
 _N = flags.DEFINE_integer('n', 1_000_000, 'Database vectors.')
 _DIM = flags.DEFINE_integer('dim', 128, 'Dimension.')
 _QUERIES = flags.DEFINE_integer('queries', 10_000, 'Test queries.')
@@ -63,17 +65,6 @@ _TABLE_QUERIES = flags.DEFINE_integer(
 _ANN = flags.DEFINE_bool('ann', True, 'Run the ANN comparison (False: pipelines only).')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/bench_index', 'Pipelines: data and outputs.')
 _OUT = flags.DEFINE_string('out', '', 'Write the results as JSON here too.')
-TAOBAO = [  # All ~101k real queries: `qid<TAB>query` lines.
-  os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    '..',
-    'shared',
-    'data',
-    'multi-cpr-ecom',
-    f'{split}.query.txt',
-  )
-  for split in ('train', 'dev')
-]
 
 
 def mixture(n, d, clusters, noise, seed):
@@ -284,107 +275,12 @@ def bench_faiss(db, queries, truth, k, target):
   }
 
 
-def bench_pipelines(table_queries):
-  """Export (zh_small catalogue, tiny random model) and the query table over real queries."""
-  import random
-
-  import tensorflow_datasets as tfds
-
-  from configs import tiny
-  from make_jax.datasets import loading
-  from make_jax.export import embed, model_handler, query_table, querylog
-  from make_jax.export import index as index_lib
-  from make_jax.text import vocab as vocab_lib
-  from make_jax.text.preprocess import TextPreprocessor
-
-  work = _WORKDIR.value
-  builder = loading.prepare('synthetic_products', 'zh_small', os.path.join(work, 'tfds'))
-  vocab = os.path.join(work, 'vocab.txt')
-  if not os.path.exists(vocab):
-    src = builder.as_data_source('catalogue', decoders={'image': tfds.decode.SkipDecoding()})
-    titles = [r['title'] for r in src.__getitems__(range(len(src)))]
-    vocab_lib.save_vocab(vocab_lib.build_vocab(titles, 2048), vocab)
-  config = tiny.get_config()
-  config.data.builder_config, config.data.data_dir = 'zh_small', str(builder.data_dir_root)
-  loader = model_handler.make_loader(config)
-  loader()  # Initialise once (cached), outside the timings.
-  out = {}
-  start = time.perf_counter()
-  m = embed.export_catalogue(config, vocab, os.path.join(work, 'emb'), loader=loader)
-  sec = time.perf_counter() - start
-  out['export'] = {'products': m['count'], 'seconds': sec, 'products_per_s': m['count'] / sec}
-  print('export', out['export'], flush=True)
-  index_lib.build_from_export(os.path.join(work, 'emb'), os.path.join(work, 'index'))
-  lines = []
-  for path in TAOBAO:
-    with open(path, encoding='utf-8') as f:
-      lines += [line.rstrip('\n') for line in f]
-  lines = lines[:table_queries] if table_queries else lines
-  log = os.path.join(work, 'queries.txt')
-  with open(log, 'w', encoding='utf-8') as f:
-    f.write('\n'.join(lines) + '\n')
-  start = time.perf_counter()
-  m = query_table.build_query_table(
-    config,
-    vocab,
-    log,
-    os.path.join(work, 'index'),
-    os.path.join(work, 'table'),
-    loader=loader,
-    query_column=1,
-    count_column=-1,
-  )
-  sec = time.perf_counter() - start
-  out['table'] = {
-    'lines': len(lines),
-    'rows': m['rows'],
-    'seconds': sec,
-    'queries_per_s': len(lines) / sec,
-    'counters': m['counters'],
-  }
-  print('table', out['table'], flush=True)
-  # Check: one row per distinct sorted-word sequence; every query found in shuffled order.
-  text = TextPreprocessor.from_vocab_file(vocab)
-  words = [text.words(line.split('\t')[1]) for line in lines]
-  keys = {querylog.words_key(w) for w in words if w}
-  table = query_table.QueryTable(os.path.join(work, 'table'))
-  rnd, lat, missing = random.Random(0), [], 0
-  for w in words:
-    if not w:
-      continue
-    shuffled = rnd.sample(w, len(w))
-    t = time.perf_counter()
-    row = table.lookup(shuffled)
-    lat.append(time.perf_counter() - t)
-    missing += row is None or row['qid'] != querylog.key_qid(querylog.words_key(w))
-  full = []
-  for line in lines[:5000]:
-    t = time.perf_counter()
-    table.lookup(text.words(line.split('\t')[1]))
-    full.append(time.perf_counter() - t)
-  qids = {querylog.key_qid(k) for k in keys}
-  out['table_check'] = {
-    'distinct_word_sequences': len(keys),
-    'rows': len(table),
-    'rows_equal_distinct': len(table) == len(keys),
-    'qid_collisions': len(keys) - len(qids),
-    'queries_looked_up': len(lat),
-    'not_found': missing,
-    'lookup_us_p50': 1e6 * float(np.percentile(lat, 50)),
-    'lookup_us_p99': 1e6 * float(np.percentile(lat, 99)),
-    'with_segmentation_us_p50': 1e6 * float(np.percentile(full, 50)),
-    'with_segmentation_us_p99': 1e6 * float(np.percentile(full, 99)),
-  }
-  print('table_check', out['table_check'], flush=True)
-  return out
-
-
 def main(argv):
   del argv
   n, d, k = _N.value, _DIM.value, _K.value
   results = {}
   if not _ANN.value:
-    results['pipelines'] = bench_pipelines(_TABLE_QUERIES.value)
+    results['pipelines'] = bench_pipelines(_WORKDIR.value, _TABLE_QUERIES.value)
     print(json.dumps(results, indent=1, default=str))
     return
   db = mixture(n, d, _CLUSTERS.value, _NOISE.value, seed=1)
@@ -446,7 +342,7 @@ def main(argv):
     'Batched: one pass over all queries.'
   )
   if _PIPELINES.value:
-    results['pipelines'] = bench_pipelines(_TABLE_QUERIES.value)
+    results['pipelines'] = bench_pipelines(_WORKDIR.value, _TABLE_QUERIES.value)
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       json.dump(results, f, indent=2, default=str)
