@@ -38,23 +38,3 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 SHARED_DATA = os.path.join(os.path.dirname(_ROOT), 'shared', 'data')
-
-
-# The longest test files (seconds of a cold CI run on 2 cores, ci-fresh), started first: the
-# two pytest workers take files in collection order (`--dist loadfile`), and when these came
-# last alphabetically one worker finished minutes before the other.
-_LONGEST_FIRST = (
-  'test_trainer_layouts_float64.py',  # ~400-600 s
-  'test_trainer_resume.py',  # ~350 s
-  'test_trainer_multiprocess.py',  # ~230 s
-  'test_trainer_layouts.py',  # ~200 s
-  'test_quickstart.py',  # ~135 s
-  'test_train_step.py',
-  'test_datasets_fashion.py',
-)
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: order kept within.
