@@ -111,6 +111,25 @@ def median_range(values):
   return float(np.median(values)), float(np.min(values)), float(np.max(values))
 
 
+def batched_result(one_thread, all_threads, queries, truth, build_s, mem, **extra):
+  """Times one pass over all `queries` with each search function (ids [q, k] out); the
+  method's row: build figures, recall of the one-thread pass, both q/s, and `extra`."""
+  start = time.perf_counter()
+  found = one_thread(queries)
+  batched = len(queries) / (time.perf_counter() - start)
+  start = time.perf_counter()
+  all_threads(queries)
+  parallel = len(queries) / (time.perf_counter() - start)
+  return {
+    'build_s': build_s,
+    'memory_mb': mem,
+    'recall': recall_at(found, truth),
+    'qps_batched': batched,
+    'qps_batched_all_cores': parallel,
+    **extra,
+  }
+
+
 def recall_at(found, truth):
   from make_jax.export.index import recall
 
@@ -141,21 +160,16 @@ def _measure_scann(name, index, queries, truth, k, build_s, mem):
     return index.search(q, k)
 
   SINGLE[name] = (one, _SINGLE.value)
-  start = time.perf_counter()
-  found, _ = index.search_batched(queries, k)
-  batched = len(queries) / (time.perf_counter() - start)
-  start = time.perf_counter()
-  index.search_batched(queries, k, parallel=True)
-  parallel = len(queries) / (time.perf_counter() - start)
-  return {
-    'build_s': build_s,
-    'memory_mb': mem,
-    'recall': recall_at(found, truth),
-    'qps_batched': batched,
-    'qps_batched_all_cores': parallel,
-    'config': index.manifest['config'],
-    'search': dict(index.manifest['search']),
-  }
+  return batched_result(
+    lambda x: index.search_batched(x, k)[0],
+    lambda x: index.search_batched(x, k, parallel=True)[0],
+    queries,
+    truth,
+    build_s,
+    mem,
+    config=index.manifest['config'],
+    search=dict(index.manifest['search']),
+  )
 
 
 def bench_scann(db, queries, truth, k, tune_queries):
@@ -219,23 +233,16 @@ def bench_hnswlib(db, queries, truth, k, target):
 
   ef, r = _match_ef(search, queries[:2000], truth[:2000], k, target)
   p.set_ef(ef)
-  start = time.perf_counter()
-  found = p.knn_query(queries, k)[0]
-  batched = len(queries) / (time.perf_counter() - start)
-  p.set_num_threads(_THREADS.value)
-  start = time.perf_counter()
-  p.knn_query(queries, k)
-  parallel = len(queries) / (time.perf_counter() - start)
-  p.set_num_threads(1)
   SINGLE['hnswlib'] = (lambda q: p.knn_query(q[None], k), _SINGLE.value)
-  return {
-    'build_s': build_s,
-    'memory_mb': mem,
-    'recall': recall_at(found, truth),
-    'qps_batched': batched,
-    'qps_batched_all_cores': parallel,
-    'ef_search': ef,
-  }
+  return batched_result(
+    lambda x: p.knn_query(x, k)[0],
+    lambda x: p.knn_query(x, k, num_threads=_THREADS.value)[0],
+    queries,
+    truth,
+    build_s,
+    mem,
+    ef_search=ef,
+  )
 
 
 def bench_faiss(db, queries, truth, k, target):
@@ -256,23 +263,18 @@ def bench_faiss(db, queries, truth, k, target):
 
   ef, r = _match_ef(search, queries[:2000], truth[:2000], k, target)
   index.hnsw.efSearch = ef
-  start = time.perf_counter()
-  found = index.search(queries, k)[1]
-  batched = len(queries) / (time.perf_counter() - start)
-  faiss.omp_set_num_threads(_THREADS.value)
-  start = time.perf_counter()
-  index.search(queries, k)
-  parallel = len(queries) / (time.perf_counter() - start)
-  faiss.omp_set_num_threads(1)
   SINGLE['faiss_hnsw'] = (lambda q: index.search(q[None], k), _SINGLE.value)
-  return {
-    'build_s': build_s,
-    'memory_mb': mem,
-    'recall': recall_at(found, truth),
-    'qps_batched': batched,
-    'qps_batched_all_cores': parallel,
-    'ef_search': ef,
-  }
+
+  def all_threads(x):
+    faiss.omp_set_num_threads(_THREADS.value)
+    try:
+      return index.search(x, k)[1]
+    finally:
+      faiss.omp_set_num_threads(1)
+
+  return batched_result(
+    lambda x: index.search(x, k)[1], all_threads, queries, truth, build_s, mem, ef_search=ef
+  )
 
 
 def main(argv):
