@@ -23,8 +23,6 @@ from make_jax.models import make_model
 from make_jax.train import checkpoint, inputs, layouts, loop, optimizer
 from tests import trainer_testlib
 
-TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_accuracy', 'qpm_negatives_bank')
-
 
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
@@ -36,11 +34,7 @@ STEPS = 4  # Float32 layouts agree to 1e-5 this far (trainer_testlib.rtol).
 
 def _run(prepared, tmp_path, parallelism, param_sharding='replicated'):
   config = trainer_testlib.tiny_config(*prepared)
-  config.parallelism = parallelism
-  config.param_sharding = param_sharding
-  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}', stop_at=STEPS)
-  assert [h['step'] for h in out['history']] == list(range(1, STEPS + 1))
-  return out['history']
+  return trainer_testlib.run_layout(config, tmp_path, parallelism, param_sharding, steps=STEPS)
 
 
 @pytest.fixture(scope='module')
@@ -55,9 +49,7 @@ def test_layout_losses_equal_single_device(prepared, single, tmp_path, paralleli
   assert single[-1]['qpm_negatives_bank'] > 0 and single[-1]['qpm_cdns_on'] == 1.0
   got = _run(prepared, tmp_path, parallelism, param_sharding)
   assert got[-1]['qpm_negatives_cross_device'] > 0  # Sharded: negatives from other devices.
-  for g, w in zip(got, single, strict=True):
-    for k in TERMS:
-      np.testing.assert_allclose(g[k], w[k], rtol=1e-5, err_msg=f'step {w["step"]} {k}')
+  trainer_testlib.assert_histories_equal(got, single, rtol=1e-5)
 
 
 @pytest.mark.slow

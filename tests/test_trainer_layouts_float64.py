@@ -16,13 +16,9 @@ LLVM optimisation level 0 (tests/conftest.py) XLA runs float64 convolutions as p
 """
 
 import jax
-import numpy as np
 import pytest
 
-from make_jax.train import loop
 from tests import trainer_testlib
-
-TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_accuracy', 'qpm_negatives_bank')
 
 
 @pytest.fixture(scope='module')
@@ -43,11 +39,7 @@ def _run(prepared, tmp_path, parallelism, param_sharding='replicated'):
   config = trainer_testlib.tiny_config(*prepared)
   config.model.dtype = config.model.param_dtype = 'float64'
   config.data.image_size, config.model.image_grid = 16, 2  # See the module docstring.
-  config.parallelism = parallelism
-  config.param_sharding = param_sharding
-  out = loop.train_and_evaluate(config, tmp_path / f'{parallelism}_{param_sharding}', stop_at=20)
-  assert [h['step'] for h in out['history']] == list(range(1, 21))
-  return out['history']
+  return trainer_testlib.run_layout(config, tmp_path, parallelism, param_sharding, steps=20)
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +58,5 @@ def test_float64_layouts_equal_single_device_for_20_steps(
   assert single[-1]['qpm_negatives_bank'] > 0 and single[-1]['qpm_cdns_on'] == 1.0
   got = _run(prepared, tmp_path, parallelism, param_sharding)
   assert got[-1]['qpm_negatives_cross_device'] > 0
-  worst = 0.0
-  for g, w in zip(got, single, strict=True):
-    for k in TERMS:
-      np.testing.assert_allclose(g[k], w[k], rtol=1e-5, err_msg=f'step {w["step"]} {k}')
-      worst = max(worst, abs(g[k] - w[k]) / max(abs(w[k]), 1e-30))
+  worst = trainer_testlib.assert_histories_equal(got, single, rtol=1e-5)
   print(f'{parallelism}/{param_sharding}: largest relative difference over 20 steps {worst:.2e}')

@@ -18,8 +18,6 @@ import pytest
 from make_jax.train import checkpoint, loop
 from tests import trainer_testlib
 
-TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_accuracy', 'qpm_negatives_bank')
-
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -74,7 +72,7 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path_factory, tmp_
   for step in range(1, 21):
     # gloo adds across processes in another order than one process does (see rtol).
     rtol = trainer_testlib.rtol(step)
-    for k in TERMS:
+    for k in trainer_testlib.TERMS:
       np.testing.assert_allclose(got[step][k], want[step][k], rtol=rtol, err_msg=f'{step} {k}')
   # CDNS crosses the process boundary: a query's cross-device negatives are the 14 rows of
   # the other 7 devices (fewer only by accidental hits); within its own process there are

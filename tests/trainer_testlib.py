@@ -8,9 +8,14 @@ schedule stays the tiny config's 300 steps; runs stop early (`stop_at`).
 
 import pathlib
 
+import numpy as np
+
 from configs import tiny
 from make_jax.datasets import loading
-from make_jax.train import inputs
+from make_jax.train import inputs, loop
+
+# The logged terms two runs of the same training must agree on, step by step.
+TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_accuracy', 'qpm_negatives_bank')
 
 
 def tiny_config(data_dir: str | pathlib.Path, vocab_path: str | pathlib.Path = ''):
@@ -37,6 +42,24 @@ def prepare(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   if not (vocab_dir / 'vocab.txt').exists():
     inputs.load_text(tiny_config(data_dir), builder, vocab_dir)
   return data_dir, vocab_dir / 'vocab.txt'
+
+
+def run_layout(config, workdir, parallelism: str, param_sharding: str, steps: int) -> list[dict]:
+  """`steps` steps of `config` in one layout (`workdir/<layout>`): the per-step history."""
+  config.parallelism, config.param_sharding = parallelism, param_sharding
+  out = loop.train_and_evaluate(config, workdir / f'{parallelism}_{param_sharding}', stop_at=steps)
+  assert [h['step'] for h in out['history']] == list(range(1, steps + 1))
+  return out['history']
+
+
+def assert_histories_equal(got: list[dict], want: list[dict], rtol: float) -> float:
+  """Every step's `TERMS` equal to `rtol`; returns the largest relative difference seen."""
+  worst = 0.0
+  for g, w in zip(got, want, strict=True):
+    for k in TERMS:
+      np.testing.assert_allclose(g[k], w[k], rtol=rtol, err_msg=f'step {w["step"]} {k}')
+      worst = max(worst, abs(g[k] - w[k]) / max(abs(w[k]), 1e-30))
+  return worst
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
