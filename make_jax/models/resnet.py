@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from make_jax.models import conv
 from make_jax.models.model_config import at_least_float32
 from make_jax.parallel.partitioning import constrain, partitioned
 
@@ -57,6 +58,7 @@ class _ConvNorm(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=partitioned(nn.initializers.kaiming_normal(), _CONV_NAMES),
+      conv_general_dilated=conv.conv_general_dilated,  # Faster kernel gradient on CPU.
       name='conv',
     )(x)
     x = nn.GroupNorm(
