@@ -66,9 +66,9 @@ def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
   f = lambda x, v: conv.conv_general_dilated(x, v, (1, 1), pad).astype(jnp.float32).sum()
   dx, dw = jax.jit(jax.grad(f, (0, 1)))(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
   assert dx.dtype == dw.dtype == jnp.bfloat16
-  ref = jax.grad(
-    lambda v: lax.conv_general_dilated(x, v, (1, 1), pad, dimension_numbers=DN).sum()
-  )(kernel)
+  ref = jax.grad(lambda v: lax.conv_general_dilated(x, v, (1, 1), pad, dimension_numbers=DN).sum())(
+    kernel
+  )
   np.testing.assert_allclose(dw.astype(np.float32), ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
 
 
