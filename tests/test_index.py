@@ -33,6 +33,11 @@ def test_configuration_follows_catalogue_size():
   assert index_lib.configure(10_000).brute_force
   big = index_lib.configure(1_000_000)
   assert not big.brute_force and big.num_leaves == 2000 and big.reorder >= 2 * big.k
+  # Leaves searched hold ~100 k candidates: 20 leaves of 500 products at 1M, 82 of ~122 at 60k.
+  assert big.leaves_to_search == 20
+  small = index_lib.configure(60_000)
+  assert (small.num_leaves, small.leaves_to_search) == (490, 82)
+  assert index_lib.configure(10**8).leaves_to_search == 8  # Never fewer than 8.
 
 
 def test_brute_force_equals_numpy_top_k(data):

@@ -7,11 +7,12 @@ replicated parameters and with parameters sharded over `data`, FSDP) and every s
 and loss terms are compared with 'single', to relative 1e-5.
 
 Float32 runs drift apart after a few steps (`trainer_testlib.rtol` says why), so they are
-compared for 4 steps here, for pmap; tests/test_trainer_layouts_float64.py runs all three
-layouts (pmap, pjit, pjit FSDP) in float64 and holds 1e-5 for 20 steps, and the two-process
-test compares float32 pjit runs across processes. (A cold compile of the float32 FSDP step
-took 142 s of the CI's 25-minute budget, so it is left to the float64 test.) A checkpoint written by the pmap layout on 8 devices is restored into pjit with sharded
-parameters and into 'single' on one device, and must give back the same state.
+compared for 4 steps here, for pmap; tests/test_trainer_layouts_float64.py runs pmap and
+pjit FSDP in float64 and holds 1e-5 for 20 steps, and the two-process test compares float32
+pjit runs across processes. (A cold compile of the float32 FSDP step took 142 s of the
+CI's 25-minute budget, so it is left to the float64 test.) A checkpoint written by the pmap
+layout on 8 devices is restored into pjit with sharded parameters and into 'single' on one
+device, and must give back the same state.
 """
 
 import jax

@@ -2,9 +2,9 @@
 
 Preemption is routine on accelerator clusters: a job killed with SIGKILL and started again
 must not change the result. Here `tools.train` (single layout, tiny config, checkpoint
-every 10 steps) is killed right after its step-30 checkpoint is complete, restarted, killed
-again while a later checkpoint is being written, and restarted to finish at step 60. The
-losses of steps 31-60 must equal those of a run that was never interrupted bit for bit
+every 5 steps) is killed right after its step-15 checkpoint is complete, restarted, killed
+again while a later checkpoint is being written, and restarted to finish at step 30. The
+losses of steps 16-30 must equal those of a run that was never interrupted bit for bit
 (queue, RNG and data order included), the incomplete checkpoint must be ignored, and the
 earlier ones kept.
 """
@@ -26,7 +26,7 @@ TMP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
 
 def _start(workdir, prepared, log, started):
-  flags = trainer_testlib.train_flags(*prepared, num_steps=60, checkpoint_every=10)
+  flags = trainer_testlib.train_flags(*prepared, num_steps=30, checkpoint_every=5)
   proc = subprocess.Popen(
     [sys.executable, '-m', 'tools.train', f'--workdir={workdir}', *flags],
     cwd=trainer_testlib.ROOT,
@@ -72,11 +72,11 @@ def test_killed_and_restarted_run_equals_an_uninterrupted_one(tmp_path_factory, 
 
   want = trainer_testlib.read_metrics(tmp_path / 'reference')
   got = trainer_testlib.read_metrics(tmp_path / 'run')
-  assert sorted(want) == sorted(got) == list(range(1, 61))
-  for step in range(31, 61):
+  assert sorted(want) == sorted(got) == list(range(1, 31))
+  for step in range(16, 31):
     for k in TERMS:
       assert got[step][k] == want[step][k], (step, k, got[step][k], want[step][k])
-  assert checkpoint.find_checkpoint(tmp_path / 'run')[1] == 60
+  assert checkpoint.find_checkpoint(tmp_path / 'run')[1] == 30
 
 
 def _run_all(tmp_path, prepared, log, started, deadline):
@@ -86,20 +86,20 @@ def _run_all(tmp_path, prepared, log, started, deadline):
 
   run = tmp_path / 'run'
   ckpts = run / 'checkpoints'
-  # 1. Killed right after the checkpoint of step 30 is complete.
-  done_30 = lambda: (ckpts / '30' / 'commit_success.txt').exists()
-  assert _kill_when(_start(run, prepared, log, started), done_30, deadline)
-  assert checkpoint.find_checkpoint(run)[1] == 30
+  # 1. Killed right after the checkpoint of step 15 is complete.
+  done_15 = lambda: (ckpts / '15' / 'commit_success.txt').exists()
+  assert _kill_when(_start(run, prepared, log, started), done_15, deadline)
+  assert checkpoint.find_checkpoint(run)[1] == 15
 
   # 2. Restarted, and killed while a later checkpoint is being written.
   def writing():
-    return any((m := TMP.match(e.name)) and int(m.group(1)) > 30 for e in os.scandir(ckpts))
+    return any((m := TMP.match(e.name)) and int(m.group(1)) > 15 for e in os.scandir(ckpts))
 
   assert _kill_when(_start(run, prepared, log, started), writing, deadline), 'missed every write'
   partial = [e.name for e in os.scandir(ckpts) if TMP.match(e.name)]
   assert partial, 'the checkpoint being written when killed should be left incomplete'
   complete = sorted(int(e.name) for e in os.scandir(ckpts) if e.name.isdigit())
-  assert complete[-1] >= 30 and int(TMP.match(partial[0]).group(1)) > complete[-1]
+  assert complete[-1] >= 15 and int(TMP.match(partial[0]).group(1)) > complete[-1]
 
   # 3. Restarted: resumes from the newest complete checkpoint and finishes.
   finish = _start(run, prepared, log, started)
