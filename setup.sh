@@ -8,10 +8,22 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--fresh" ]]; then rm -rf .venv; fi
 if [[ ! -x .venv/bin/python ]]; then "$PY" -m venv .venv; fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
+# uv installs the same pinned set as pip (checked: identical `pip freeze`) in about a quarter
+# of the time (59 s against ~240 s for a fresh venv here); pip is the fallback.
+# uv does not read pip's configuration: the local wheels (torch's CPU build) are passed on.
+UV=0.13.9
+LINKS=${PIP_FIND_LINKS:-$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)}
+install() {  # install [pip args...]: through uv when it is available, else pip.
+  if [[ -x .venv/bin/uv ]] && .venv/bin/uv pip install --python .venv/bin/python --quiet \
+      ${LINKS:+--find-links "$LINKS"} "$@"; then
+    return 0
+  fi
+  .venv/bin/python -m pip install --quiet "$@"
+}
+.venv/bin/python -m pip install --quiet "uv==$UV" || echo "setup.sh: uv unavailable, using pip"
+install -r requirements.txt -r requirements-test.txt
 # Declared dependencies of these are not used (see the file's comment).
-.venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+install --no-deps -r requirements-nodeps.txt
 .venv/bin/python -c "import jax, flax, tensorflow_datasets, scann, jieba, tokenizers; print('environment ready: jax', jax.__version__)"
 # Headless Chromium for tests/test_page_chromium.py: Debian's packages, never a downloaded build.
 if [[ -z "${MAKE_SKIP_CHROMIUM:-}" ]] && ! { [[ -x /usr/bin/chromium ]] && [[ -x /usr/bin/chromedriver ]]; }; then

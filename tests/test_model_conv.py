@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from make_jax.models import conv
 
@@ -70,6 +72,25 @@ def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
     kernel
   )
   np.testing.assert_allclose(dw.astype(np.float32), ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+def test_gradients_under_shard_map_equal_lax():
+  """A replicated kernel, a batch sharded over 8 devices: the kernel gradient is summed."""
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  x, kernel = _data(8, 6, 6, 3, 4, 3)
+  pad = ((1, 1), (1, 1))
+
+  def loss(f):
+    def per_device(x, v):
+      return jax.lax.psum((f(x, v, (1, 1), pad, dimension_numbers=DN) ** 2).sum(), 'data')
+
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P('data'), P()), out_specs=P())
+    return jax.jit(jax.grad(sharded, (0, 1)))
+
+  want = loss(lax.conv_general_dilated)(x, kernel)
+  got = loss(conv.conv_general_dilated)(x, kernel)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5 * np.abs(want[1]).max())
 
 
 @pytest.mark.parametrize(

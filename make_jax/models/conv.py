@@ -77,6 +77,15 @@ def _bwd(strides, padding, res, g):
 conv2d.defvjp(_fwd, _bwd)
 
 
+def _varying_axes(a: jax.Array) -> frozenset:
+  """The shard_map axes `a` varies over (empty outside shard_map)."""
+  aval = jax.typeof(a)
+  if hasattr(aval, 'vma'):  # JAX <= 0.9 spelling.
+    return frozenset(aval.vma)
+  mat = getattr(aval, 'mat', None)
+  return frozenset(mat.varying) if mat is not None else frozenset()
+
+
 def conv_general_dilated(
   lhs: jax.Array,
   rhs: jax.Array,
@@ -108,4 +117,12 @@ def conv_general_dilated(
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  # Inside shard_map a replicated kernel meets a batch-sharded input: make it varying here,
+  # outside the custom_vjp, as lax.conv's own autodiff would, so that the transpose of this
+  # cast (a psum) sums the per-device kernel gradients and `_bwd` returns its input's type.
+  vx, vw = _varying_axes(lhs), _varying_axes(rhs)
+  if vx - vw:
+    rhs = lax.pcast(rhs, tuple(sorted(vx - vw)), to='varying')
+  if vw - vx:
+    lhs = lax.pcast(lhs, tuple(sorted(vw - vx)), to='varying')
   return conv2d(lhs, rhs, strides, pads)
