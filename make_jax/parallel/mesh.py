@@ -50,6 +50,20 @@ def initialize_distributed(
   )
 
 
+def wait_for_all_processes(name: str, timeout_s: float = 3600.0) -> None:
+  """A barrier on the coordination service (no collective); a no-op for one process.
+
+  The first collective of a multi-process CPU job opens its gloo connections with a 30 s
+  connect timeout, so processes that finish compiling the step minutes apart (a cold cache,
+  a busy host) must meet here first. `name` must be new for each barrier of a job.
+  """
+  if jax.process_count() <= 1:
+    return
+  from jax._src import distributed  # The client of jax.distributed.initialize.
+
+  distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int]:
   """(data, model) sizes of `mesh_cfg` (fields data, model; -1 fills the rest) over devices.
 

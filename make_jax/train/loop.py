@@ -30,6 +30,7 @@ from absl import logging
 
 from make_jax import atomic_file
 from make_jax.models import make_model
+from make_jax.parallel import mesh as mesh_lib
 from make_jax.train import checkpoint as checkpoint_lib
 from make_jax.train import flops as flops_lib
 from make_jax.train import inputs, layouts, optimizer, reporting, retrieval_eval
@@ -203,6 +204,8 @@ def train_and_evaluate(
           dtype=config.model.dtype,
           log_fn=(lambda line: print(line, flush=True)) if primary else (lambda line: None),
         )
+        # Every process compiled: meet before the step's first collective (gloo's 30 s).
+        mesh_lib.wait_for_all_processes(f'step_{step}_compiled')
       state, metrics = step_fn(state, batch)
       # This process's copy of the (replicated) metrics: fetchable without a collective.
       metrics = jax.tree.map(lambda x: x.addressable_data(0), metrics)
