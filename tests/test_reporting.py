@@ -128,6 +128,16 @@ def test_window_logger_arithmetic_on_a_fake_clock():
     'step 4/10 loss=2.5000 qpm=5.0000 | 32.0 ex/s 0.500 s/step | '
     'MFU 1.0% model FLOPs, 1.3% XLA FLOPs (vs matmul probe 150.0 GFLOP/s) | ETA 0:00:03'
   )
+  # The run's windows so far: model-FLOPs MFU 1.0%, 0.43%, 0.6% -> median and range.
+  windows = [0.75e9 / 0.5 / 1.5e11, 0.75e9 / 1.75e11, 0.75e9 / 1.25e11]
+  assert last['mfu_windows'] == 3
+  assert last['mfu_model_run'] == pytest.approx(windows[2])
+  assert last['mfu_model_run_min'] == pytest.approx(windows[1])
+  assert last['mfu_model_run_max'] == pytest.approx(windows[0])
+  assert last['mfu_run'] == pytest.approx(1e9 / 1.25e11)
+  assert ' | run median' not in lines[0]  # One window is not a range.
+  assert lines[1].endswith('| run median 0.7% [0.4-1.0] over 2 windows | ETA 0:00:02')
+  assert lines[2].endswith('| run median 0.6% [0.4-1.0] over 3 windows | ETA 0:00:00')
 
 
 def test_window_logger_with_a_nominal_peak_and_no_flops():

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from make_jax import atomic_file
 from make_jax.input import pipeline as input_pipeline
 from make_jax.input import reading
+from make_jax.parallel import mesh as mesh_lib
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -47,9 +48,12 @@ def corpus(builder: Any, split: str) -> Iterator[str]:
 
 
 def sync(name: str) -> None:
-  """A barrier across processes (nothing on one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  """A barrier across processes on the coordination service (nothing on one process).
+
+  Not a collective: a process that is still learning the vocabulary or building the
+  dataset can be minutes behind, longer than gloo's 30 s connect timeout.
+  """
+  mesh_lib.wait_for_all_processes(f'inputs_{name}')
 
 
 def load_text(

@@ -143,8 +143,8 @@ def mask_batch(
   mlm_<field>_positions / _labels / _weights [B, K] (the predicted tokens, see
   `MaskedTokens`) and mlm_<field>_capped [B]; adds mpm_mask [B, R] float32 (1.0 = region
   masked); replaces <field>_ids by the masked inputs and keeps the originals as
-  <field>_clean_ids (the model's retrieval pass reads them). With Keyword Enhancement on, the batch must carry
-  query_keyword and title_keyword.
+  <field>_clean_ids (the model's retrieval pass reads them). With Keyword Enhancement on,
+  the batch must carry query_keyword and title_keyword.
   """
   _check_cfg(cfg)
   for key in ('query_ids', 'query_mask', 'title_ids', 'title_mask', 'image_missing'):

@@ -16,11 +16,12 @@ Interface:
     a run that died after its last checkpoint) and a torn last line are dropped (atomic
     rewrite); a fresh run (`start_step=0`) starts an empty file, even if an earlier run
     that died before its first checkpoint left lines (step 0 included). So the file never
-    holds two lines for a step; `write` refuses a step not after the last one written. Non-finite values are written as JSON's
-    NaN / Infinity (Python's `json` reads them). TensorBoard event files go to
-    `<workdir>/tensorboard` (tf.summary); points past `start_step` from the dead run stay
-    in the older event file, so the JSONL is the record of truth. Only scalar values are
-    written; on a non-primary process every method is a no-op.
+    holds two lines for a step; `write` refuses a step not after the last one written.
+    Non-finite values are written as JSON's NaN / Infinity (Python's `json` reads them).
+    TensorBoard event files go to `<workdir>/tensorboard` (tf.summary); points past
+    `start_step` from the dead run stay in the older event file, so the JSONL is the
+    record of truth. Only scalar values are written; on a non-primary process every
+    method is a no-op.
 
   check_finite(metrics, step)
     Raises FloatingPointError naming the step and every metric that is NaN or infinite;
@@ -40,8 +41,11 @@ Interface:
     accelerator, the nominal dense peak (`flops.nominal_peak`); on CPU the mean of two
     matmul-probe rounds (`flops.MatmulProbe`) run just before and just after the window,
     outside its timing (the line says "vs matmul probe"): the window and its peak see the
-    same machine state, as in `flops.interleave`. A progress bar is drawn on stderr when it
-    is a terminal.
+    same machine state, as in `flops.interleave`. From the second window on, the line
+    also gives the median and range of the windows' MFUs so far (`mfu_model_run`,
+    `_min`, `_max`; `mfu_run` for XLA FLOPs): one window is one noisy round, and it is
+    the run's median and range that compare with `benchmarks/bench_model`'s. A progress
+    bar is drawn on stderr when it is a terminal.
 """
 
 import datetime
@@ -49,6 +53,7 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -261,6 +266,7 @@ class WindowLogger:
     self._t0: float | None = None  # None until the first (compiling) step is done.
     self._probe_before = float('nan')
     self._last_bar = -math.inf
+    self._mfus: dict[str, list[float]] = {'mfu': [], 'mfu_model': []}  # Per window, this run.
 
   def _peak_probe(self) -> float:
     return float(self._probe()) if self._probe is not None else float('nan')
@@ -293,6 +299,17 @@ class WindowLogger:
       f / step_s / peak if f and peak else float('nan')
       for f in (self.flops_per_step, self.model_flops_per_step)
     )
+    # Over the run's windows so far: a window's ratio is one noisy round (two probes); the
+    # median and range are what compares with `benchmarks/bench_model`'s printed range.
+    for key, value in (('mfu', mfu), ('mfu_model', mfu_model)):
+      if math.isfinite(value):
+        self._mfus[key].append(value)
+    run = {
+      f'{key}_run{suffix}': fn(values)
+      for key, values in self._mfus.items()
+      if values
+      for suffix, fn in (('', statistics.median), ('_min', min), ('_max', max))
+    }
     scalars = [_scalars(m) for m in window]
     summary = {k: float(np.mean([s[k] for s in scalars if k in s])) for k in scalars[-1]}
     summary |= {
@@ -302,6 +319,8 @@ class WindowLogger:
       'mfu_model': mfu_model,
       'peak_flops': float(peak or 'nan'),
       'eta_s': (self.total_steps - step) * step_s,
+      'mfu_windows': float(len(self._mfus['mfu_model'] or self._mfus['mfu'])),
+      **run,
     }
     self._window, self._timed = [], 0
     self._t0 = self.clock()  # After the probe: the next window's timing excludes it.
@@ -322,6 +341,12 @@ class WindowLogger:
       if parts
       else 'MFU n/a'
     )
+    key = 'mfu_model_run' if 'mfu_model_run' in summary else 'mfu_run'
+    if summary.get('mfu_windows', 0) >= 2 and key in summary:
+      mfu += (
+        f' | run median {100 * summary[key]:.1f}% [{100 * summary[key + "_min"]:.1f}-'
+        f'{100 * summary[key + "_max"]:.1f}] over {int(summary["mfu_windows"])} windows'
+      )
     return (
       f'step {step}/{self.total_steps} {losses} | {summary["examples_per_s"]:.1f} ex/s '
       f'{summary["step_s"]:.3f} s/step | {mfu} | ETA {_eta(summary["eta_s"])}'
