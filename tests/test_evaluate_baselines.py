@@ -144,6 +144,8 @@ def test_results_driver_writes_scored_rows(tmp_path):
   assert saved['rows']['bm25']['splits']['default/test']['overall'] == bm25['overall']
   table = (tmp_path / 'results.md').read_text()
   assert '| BM25 (titles) | default/test | 1.0000' in table and 'MAKE | not run' in table
+  assert table.splitlines()[0].endswith('| training (min) |')
+  assert table.splitlines()[2].endswith('| - |')  # BM25 is not trained.
   # A later run of one row in the same directory keeps the other rows, in table order.
   again = run(['make'])
   assert list(again['rows']) == ['bm25', 'two_tower_text', 'make']
@@ -162,3 +164,20 @@ def test_overrides_name_real_config_fields():
     results.apply_overrides(config, row.overrides)
   with pytest.raises(KeyError, match='loss.cdns'):
     results.apply_overrides(config, {'loss.cdns': 1.0})
+
+
+def test_table_gives_each_trained_row_its_training_minutes():
+  overall = {'recall@10': 0.5, 'recall@10_lo': 0.4, 'recall@10_hi': 0.6}
+  rows = {
+    'make': {
+      'label': 'MAKE',
+      'status': 'run',
+      'train_seconds': 90.0,
+      'splits': {'d/t': {'overall': overall}},
+    },
+    'bm25': {'label': 'BM25', 'status': 'run', 'splits': {'d/t': {'overall': overall}}},
+  }
+  lines = results.markdown_table({'rows': rows}, ks=[10], judged_ks=[]).splitlines()
+  assert lines[0] == '| row | split | recall@10 | training (min) |'
+  assert lines[2] == '| MAKE | d/t | 0.5000 [0.400, 0.600] | 1.5 |'
+  assert lines[3] == '| BM25 | d/t | 0.5000 [0.400, 0.600] | - |'

@@ -53,11 +53,18 @@ def _load_split(config_name: str, split: str):
 
 
 def _train(row: results.Row, workdir: pathlib.Path) -> None:
+  from make_jax import atomic_file
   from make_jax.train import loop
 
+  # The rows share one vocabulary: the first row learns it, the others read its copy.
+  shared_vocab = workdir.parent / 'vocab.txt'
   data = {'data.data_dir': _DATA_DIR.value, 'data.manual_dir': _MANUAL_DIR.value}
+  if not _CONFIG.value.text.vocab_path and shared_vocab.exists():
+    data['text.vocab_path'] = str(shared_vocab)
   config = results.apply_overrides(results.apply_overrides(_CONFIG.value, data), row.overrides)
   loop.train_and_evaluate(config, workdir, init_from=_INIT_FROM.value)
+  if not shared_vocab.exists():
+    atomic_file.write_bytes(shared_vocab, (workdir / 'vocab.txt').read_bytes())
 
 
 def main(argv):

@@ -200,16 +200,19 @@ def _cell(overall: Mapping[str, float], key: str) -> str:
 
 
 def markdown_table(results: Mapping[str, Any], ks: Sequence[int], judged_ks: Sequence[int]) -> str:
-  """The results as a markdown table: one line per row and split, 95% intervals."""
+  """The results as a markdown table: one line per row and split, 95% intervals, and the
+  row's training time (minutes, from its start to its last checkpoint; '-' for untrained
+  rows or rows trained by an earlier command)."""
   keys = [f'recall@{k}' for k in ks] + [f'{m}@{k}' for m in ('p_rel', 'p_cate') for k in judged_ks]
-  head = ['row', 'split', *[k.replace('_', '\\_') for k in keys]]
+  head = ['row', 'split', *[k.replace('_', '\\_') for k in keys], 'training (min)']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for row in results['rows'].values():
+    minutes = f'{row["train_seconds"] / 60:.1f}' if 'train_seconds' in row else '-'
     for split, res in row['splits'].items():
       cells = [_cell(res['overall'], k) for k in keys] if 'overall' in res else ['-'] * len(keys)
-      lines.append(f'| {row["label"]} | {split} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {row["label"]} | {split} | ' + ' | '.join(cells) + f' | {minutes} |')
     if not row['splits']:
-      lines.append(f'| {row["label"]} | not run: {row["status"]} |' + ' |' * len(keys))
+      lines.append(f'| {row["label"]} | not run: {row["status"]} |' + ' |' * (len(keys) + 1))
   return '\n'.join(lines) + '\n'
 
 
@@ -272,6 +275,7 @@ def run_results(
       entry['status'] = row.note
     elif row.kind == 'trained' and train is not None:
       train(row, workdir)
+      entry['train_seconds'] = round(time.time() - start, 1)
     elif row.kind == 'served':
       try:  # Rows scored by this run or kept from an earlier one.
         entry['source_row'] = served.best_trained_row(
