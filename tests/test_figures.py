@@ -203,3 +203,25 @@ def test_grid_has_a_line_per_row_even_with_equal_labels():
   )
   assert missing == 0
   assert [len(sub.axes) for sub in fig.subfigs] == [6, 6]  # 2 rows x 3 products per query.
+
+
+def test_a_row_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+  # The text-only row has no MLM: in the MLM panel MAKE must not take its colour.
+  rows = {
+    'two_tower_text': {'label': 'Two-tower', 'status': 'run', 'splits': {}},
+    'make': {'label': 'MAKE', 'status': 'run', 'splits': {}},
+  }
+  (tmp_path / 'results.json').write_text(json.dumps({'rows': rows, 'ks': [10], 'judged_ks': []}))
+  for name, keys in (('two_tower_text', ('loss', 'qpm')), ('make', ('loss', 'qpm', 'mlm'))):
+    run = tmp_path / 'runs' / name
+    run.mkdir(parents=True)
+    lines = [json.dumps({'step': s, **{k: 5.0 - s for k in keys}}) for s in (1, 2, 3)]
+    (run / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+  drawn = []
+  monkeypatch.setattr(figures, '_save', lambda fig, path: drawn.append(fig))
+  figures.training_curves(tmp_path)
+  colours = {}
+  for ax in drawn[0].axes:
+    for line in ax.get_lines():
+      colours.setdefault(line.get_label(), set()).add(line.get_color())
+  assert colours == {'Two-tower': {'C0'}, 'MAKE': {'C1'}}

@@ -70,6 +70,12 @@ def _save(fig: Figure, path: pathlib.Path) -> None:
   atomic_file.write_bytes(path, buf.getvalue())
 
 
+def row_colours(results: Mapping[str, Any]) -> dict[str, str]:
+  """A colour per row of the table, by its place in the table: the same row has the same
+  colour in every panel and every figure, whichever rows a panel holds."""
+  return {name: f'C{i % 10}' for i, name in enumerate(results['rows'])}
+
+
 def read_results(out_dir: str | os.PathLike) -> dict[str, Any]:
   """`<out>/results.json` of the results driver.
 
@@ -160,17 +166,19 @@ def training_curves(out_dir: str | os.PathLike, *, path: str | os.PathLike = '')
   nrows = math.ceil(len(terms) / cols)
   fig = Figure(figsize=(5.0 * cols, 3.6 * nrows + 0.6), dpi=100, layout='constrained')
   axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+  colours = row_colours(results)
   for ax, term in zip(axes, terms, strict=False):
     for name, row in curves.items():
       if term in row:
-        ax.plot(*row[term], label=results['rows'][name].get('label', name), linewidth=1.2)
+        label = results['rows'][name].get('label', name)
+        ax.plot(*row[term], label=label, color=colours[name], linewidth=1.2)
     ax.set_title(LOSS_TERMS[term])
     ax.set_xlabel('step')
     ax.set_ylabel('loss' if term == 'loss' else f'{LOSS_TERMS[term]} loss')
     ax.grid(alpha=0.3)
   for ax in axes[len(terms) :]:
     ax.set_visible(False)
-  handles, labels = axes[0].get_legend_handles_labels()
+  handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[1]))
   fig.legend(handles, labels, loc='outside lower center', ncols=min(4, len(labels)))
   fig.suptitle('Training losses (window means of metrics.jsonl)')
   path = pathlib.Path(path) if path else out_dir / 'figures' / 'training_curves.png'
@@ -232,7 +240,7 @@ def recall_vs_k(
         continue
       rankings, _ = sources.read_ranked_lines(file)
       ks, recall, counts = recall_curve(es, rankings, max_k)
-      lines.append((row.get('label', name), ks, recall))
+      lines.append((row.get('label', name), ks, recall, name))
       scored = int(counts['recall_queries'])
       drawn[name] = None
     panels.append((split_key, lines, scored))
@@ -240,9 +248,10 @@ def recall_vs_k(
     raise ValueError(f'No ranked list to draw: none of {sorted(skipped.values())}')
   fig = Figure(figsize=(6.0 * len(panels), 4.8), dpi=100, layout='constrained')
   axes = fig.subplots(1, len(panels), squeeze=False, sharey=True).ravel()
+  colours = row_colours(results)
   for ax, (split_key, lines, scored) in zip(axes, panels, strict=True):
-    for label, ks, recall in lines:
-      ax.plot(ks, recall, label=label, linewidth=1.4, drawstyle='steps-post')
+    for label, ks, recall, name in lines:
+      ax.plot(ks, recall, label=label, color=colours[name], linewidth=1.4, drawstyle='steps-post')
     ax.set_xscale('log')
     ax.set_xlim(1, max_k)
     ax.set_ylim(0, 1)
