@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.warmup_fraction = 0.1
   # 400 steps (0.43 epoch): a make row's step takes ~1.05 s on 2 quiet cores (8 fake devices,
   # 433 MFLOP/example at ~25% of the matmul probe), and six trained rows, the baselines and
-  # the scoring must fit in 90 minutes. 1,500 steps (the first choice) took ~26 min a row.
+  # the scoring must fit in 90 minutes. 1,500 steps (the first choice) come to ~26 min a row.
   c.train.num_steps = 400
   c.train.log_every = 50
   c.train.checkpoint_every = 200
