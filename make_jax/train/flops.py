@@ -208,9 +208,9 @@ def interleave(
   """Times each of `fns` once per round, every timing bracketed by probe rounds.
 
   The sequence is probe, fn_1, probe, fn_2, probe, ..., round after round. Each `fn()`
-  must block until its work is done (and be compiled and warm already). Its seconds per call in a round are divided
-  against the mean of the probes just before and just after it, so both sides of each
-  ratio saw the same machine state.
+  must block until its work is done (and be compiled and warm already). Its seconds per
+  call in a round are divided against the mean of the probes just before and just after
+  it, so both sides of each ratio saw the same machine state.
   """
   probe = probe or MatmulProbe()
   seconds = {name: [] for name in fns}
