@@ -187,14 +187,15 @@ class Rounds:
   def stats(self, name: str, flops: float | None = None) -> dict[str, float]:
     """Median/min/max of seconds per call and probe peak; with `flops`, of FLOP/s and MFU."""
     secs, peaks = self.seconds[name], self.peaks[name]
-    out = _summary('s', secs) | _summary('peak', peaks)
+    out = median_range('s', secs) | median_range('peak', peaks)
     if flops is not None:
-      out |= _summary('flops_per_s', [flops / s for s in secs])
-      out |= _summary('mfu', [flops / s / p for s, p in zip(secs, peaks, strict=True)])
+      out |= median_range('flops_per_s', [flops / s for s in secs])
+      out |= median_range('mfu', [flops / s / p for s, p in zip(secs, peaks, strict=True)])
     return out
 
 
-def _summary(key: str, values: Sequence[float]) -> dict[str, float]:
+def median_range(key: str, values: Sequence[float]) -> dict[str, float]:
+  """{key: median, key_min: min, key_max: max} of `values` (the printed 'median [range]')."""
   return {key: statistics.median(values), f'{key}_min': min(values), f'{key}_max': max(values)}
 
 

@@ -53,7 +53,6 @@ import json
 import math
 import os
 import pathlib
-import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -304,12 +303,10 @@ class WindowLogger:
     for key, value in (('mfu', mfu), ('mfu_model', mfu_model)):
       if math.isfinite(value):
         self._mfus[key].append(value)
-    run = {
-      f'{key}_run{suffix}': fn(values)
-      for key, values in self._mfus.items()
-      if values
-      for suffix, fn in (('', statistics.median), ('_min', min), ('_max', max))
-    }
+    run = {}
+    for key, values in self._mfus.items():
+      if values:
+        run |= flops_lib.median_range(f'{key}_run', values)
     scalars = [_scalars(m) for m in window]
     summary = {k: float(np.mean([s[k] for s in scalars if k in s])) for k in scalars[-1]}
     summary |= {
