@@ -209,11 +209,11 @@ def test_weight_zero_removes_a_source():
     assert float(m['qpm_negatives_local']) == 0.0
 
 
-def test_cdns_start_step_and_bad_inputs():
-  assert qpm.cdns_start_step(0.5, 200) == 100
-  assert qpm.cdns_start_step(0.0, 200) == 0
-  with pytest.raises(ValueError, match='cdns_start_fraction'):
-    qpm.cdns_start_step(1.5, 10)
+def test_start_step_and_bad_inputs():
+  assert qpm.start_step(0.5, 200) == 100
+  assert qpm.start_step(0.0, 200) == 0
+  with pytest.raises(ValueError, match='start fraction'):
+    qpm.start_step(1.5, 10)
   q = jnp.zeros((4, 3))
   with pytest.raises(ValueError, match='product_emb'):
     qpm.qpm_loss(

@@ -112,3 +112,16 @@ def test_bad_configs_and_inputs_raise_clear_errors():
   b = _run(cfg, dict(no_t, qpm_temperature=jnp.float32(cfg.qpm_temperature)), batch, bank)[0]
   assert float(a) == float(b)
   assert registry.names() == ['mlm', 'mpm', 'mpm_r', 'qpc', 'qpm']
+
+
+def test_bank_start_fraction_gates_the_queue():
+  """cfg.loss.bank_start_fraction 0.5 of 10 steps: queue negatives count from step 5 on."""
+  params, x, batch, bank = make_data(8)
+  assert bool(bank.valid.any())
+  out = linear_model(params, x)
+  cfg = loss_cfg(mlm=0.0, mpm=0.0, mpm_r=0.0, qpm=1.0, qpc=0.0)
+  cfg.bank_start_fraction = 0.5
+  counts = {s: float(_run(cfg, out, batch, bank, step=s)[1]['qpm_negatives_bank']) for s in (4, 5)}
+  assert counts[4] == 0.0 and counts[5] > 0.0
+  cfg.bank_start_fraction = 0.0
+  assert float(_run(cfg, out, batch, bank, step=0)[1]['qpm_negatives_bank']) == counts[5]

@@ -15,8 +15,9 @@ Rows (`ROWS`; config fields from configs/base.py):
 - `make`: MAKE as the paper's base: MLM + MPM (regression) + QPM + QPC, in-batch
   negatives only: `loss.weights.mpm=1`, `mpm_r=0`, `loss.cdns_start_fraction=1.0` (the
   switch step equals `num_steps`, which no step reaches), `loss.bank_batches=0` (no queue).
-- `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`),
-  `make_mpm_r` (MPM_R instead of MPM), `make_all` (the three).
+- `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`,
+  `bank_start_fraction=0.5`: the queue counts from half-way), `make_mpm_r` (MPM_R instead
+  of MPM), `make_all` (the three).
 - `best_relevance_control`: the trained row with the best default/test Recall@100 (a
   selection on test: the results carry no validation scores), served as
   `tools/search` serves it: its newest checkpoint exported and indexed per catalogue,
@@ -71,7 +72,11 @@ _TWO_TOWER = {
   'loss.cdns_start_fraction': 1.0,
   'loss.bank_batches': 0,
 }
-_MBNS = {'loss.w_mbns': 0.25, 'loss.bank_batches': 8}
+# The queue counts from half-way, like CDNS: counted from step 0, a randomly initialised
+# encoder collapses every batch's products to one point that drifts from step to step, so the
+# queued (older) points are told apart from the current ones by age, not content (the paper
+# starts from a pretrained BERT, whose embeddings are diverse from the first step).
+_MBNS = {'loss.w_mbns': 0.25, 'loss.bank_batches': 8, 'loss.bank_start_fraction': 0.5}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,12 +7,12 @@ parameter-gradient reduction the trainer applies to the gradient of the returned
 from make_jax.losses.mlm import mlm_loss
 from make_jax.losses.mpm import mpm_loss, mpm_r_loss
 from make_jax.losses.qpc import qpc_loss
-from make_jax.losses.qpm import cdns_start_step, qpm_loss
+from make_jax.losses.qpm import qpm_loss, start_step
 from make_jax.losses.total import compute_losses
 from make_jax.parallel.collectives import reduce_gradients
 
 __all__ = [
-  'cdns_start_step',
+  'start_step',
   'compute_losses',
   'mlm_loss',
   'mpm_loss',

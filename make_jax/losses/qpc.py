@@ -51,7 +51,7 @@ def qpc_loss(
     margin: additive margin m subtracted from the positive's cosine.
     step: the current step (may be traced); other devices' products are classes when
       step >= cdns_start.
-    cdns_start: first step with cross-device classes (`qpm.cdns_start_step`).
+    cdns_start: first step with cross-device classes (`qpm.start_step`).
     axis_name: the data axis (None: one device).
 
   Returns:

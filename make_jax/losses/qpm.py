@@ -40,13 +40,16 @@ if TYPE_CHECKING:
 _NEG_INF = -jnp.inf
 
 
-def cdns_start_step(cdns_start_fraction: float, num_steps: int) -> int:
-  """First step at which CDNS is on: floor(fraction * num_steps) (0.5 -> the second half)."""
-  if not 0.0 <= cdns_start_fraction <= 1.0:
-    raise ValueError(f'cdns_start_fraction must be in [0, 1], got {cdns_start_fraction}')
+def start_step(fraction: float, num_steps: int) -> int:
+  """First step at which a switch (CDNS, the queue) is on: floor(fraction * num_steps).
+
+  0.5 -> the second half; 1.0 -> step num_steps, which training never reaches (off).
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'a start fraction must be in [0, 1], got {fraction}')
   if num_steps < 0:
     raise ValueError(f'num_steps must be >= 0, got {num_steps}')
-  return int(math.floor(cdns_start_fraction * num_steps))
+  return int(math.floor(fraction * num_steps))
 
 
 def _check_shapes(query_emb, product_emb, log_p, product_id):
@@ -98,7 +101,7 @@ def qpm_loss(
     temperature: T > 0 (scalar; trainable).
     step: the current step (may be traced); CDNS is on when step >= cdns_start and the bank
       counts when step >= bank_start_step.
-    cdns_start: first step with cross-device negatives (see `cdns_start_step`).
+    cdns_start: first step with cross-device negatives (see `start_step`).
     bank: the MBNS queue, or None for no memory-bank negatives.
     bank_start_step: first step at which queue entries are negatives.
     w_mbns: w1, weight of each memory-bank term.
