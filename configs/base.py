@@ -101,7 +101,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.w_batch = 1.0  # w2: weight of in-batch / cross-device negatives (eq. 3).
   c.loss.cdns_start_fraction = 0.5  # CDNS switches on after this share of num_steps.
   c.loss.bank_batches = 8  # Q: global batches kept in the MBNS queue (0: no MBNS).
-  c.loss.bank_start_fraction = 0.0  # Queue entries count as negatives after this share of steps.
+  # Queue entries count as negatives after this share of num_steps. 0 follows the paper,
+  # which starts from a pretrained encoder; from a random start a queue counted at once
+  # collapses the product embeddings (docs/results.md), so the results rows use 0.5.
+  c.loss.bank_start_fraction = 0.0
   c.loss.mpm_r_tau = 0.1  # Initial MPM_R temperature tau (trainable, kept positive).
   c.loss.mpm_r_cross_device = True  # MPM_R denominator spans every device's images.
   c.loss.mpm_stop_gradient_target = True  # Region targets v are constants for MPM/MPM_R.
