@@ -125,3 +125,6 @@ def test_bank_start_fraction_gates_the_queue():
   assert counts[4] == 0.0 and counts[5] > 0.0
   cfg.bank_start_fraction = 0.0
   assert float(_run(cfg, out, batch, bank, step=0)[1]['qpm_negatives_bank']) == counts[5]
+  cfg.bank_start_fraction = 1.5
+  with pytest.raises(ValueError, match=r'loss.bank_start_fraction must be in \[0, 1\]'):
+    _run(cfg, out, batch, bank)

@@ -40,13 +40,14 @@ if TYPE_CHECKING:
 _NEG_INF = -jnp.inf
 
 
-def start_step(fraction: float, num_steps: int) -> int:
+def start_step(fraction: float, num_steps: int, name: str = 'start fraction') -> int:
   """First step at which a switch (CDNS, the queue) is on: floor(fraction * num_steps).
 
   0.5 -> the second half; 1.0 -> step num_steps, which training never reaches (off).
+  `name` (the config field) goes into the error for a fraction outside [0, 1].
   """
   if not 0.0 <= fraction <= 1.0:
-    raise ValueError(f'a start fraction must be in [0, 1], got {fraction}')
+    raise ValueError(f'{name} must be in [0, 1], got {fraction}')
   if num_steps < 0:
     raise ValueError(f'num_steps must be >= 0, got {num_steps}')
   return int(math.floor(fraction * num_steps))

@@ -41,9 +41,13 @@ def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
     batch['product_id'],
     temperature,
     step=ctx.step,
-    cdns_start=qpm.start_step(loss_cfg.cdns_start_fraction, ctx.num_steps),
+    cdns_start=qpm.start_step(
+      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
+    ),
     bank=bank,
-    bank_start_step=qpm.start_step(loss_cfg.bank_start_fraction, ctx.num_steps),
+    bank_start_step=qpm.start_step(
+      loss_cfg.bank_start_fraction, ctx.num_steps, 'loss.bank_start_fraction'
+    ),
     w_mbns=loss_cfg.w_mbns,
     w_batch=loss_cfg.w_batch,
     logp_correction=loss_cfg.logp_correction,
@@ -63,7 +67,9 @@ def qpc_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
     loss_cfg.qpc_scale,
     loss_cfg.qpc_margin,
     step=ctx.step,
-    cdns_start=qpm.start_step(loss_cfg.cdns_start_fraction, ctx.num_steps),
+    cdns_start=qpm.start_step(
+      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
+    ),
     axis_name=ctx.axis_name,
   )
 
