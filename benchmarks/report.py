@@ -180,8 +180,10 @@ def _header() -> str:
   return (
     '# Performance\n\n'
     'Printed by `python -m benchmarks.report > docs/performance.md`, every section measured '
-    'in the same run on the machine described first. What MFU means here (model FLOPs over '
-    'a float32 matmul probe timed between the rounds of the work) and how the train step '
+    'in the same run on the machine described first. MFU is FLOPs per second over a float32 '
+    "matmul probe timed between the rounds of the work; the FLOPs are XLA's count of the "
+    'whole step in the train section and model FLOPs (matmuls and convolutions) in the base '
+    'and negatives sections. What that means, and how the train step '
     'got to its present speed: [performance_notes.md](performance_notes.md). The figures '
     'below are medians with [min-max] over rounds; the shared machine swings about 2x '
     'from minute to minute, which the ranges show.\n'
