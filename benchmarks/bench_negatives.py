@@ -20,26 +20,13 @@ printed are ms per step and MFU (model FLOPs of the variant's step) as median [m
 rounds, and each variant's time over in-batch's *in the same round*, median [range].
 """
 
-import os
-import sys
+import importlib
+import statistics
+import types
 
+from benchmarks import host_devices
 
-def _devices_from_argv() -> int:
-  for arg in sys.argv[1:]:
-    if arg.startswith('--devices='):
-      return int(arg.split('=', 1)[1])
-  return 8
-
-
-if 'jax' not in sys.modules:  # XLA reads the device count once, when JAX starts.
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '')
-    + f' --xla_force_host_platform_device_count={_devices_from_argv()}'
-  )
-
-import importlib  # noqa: E402
-import statistics  # noqa: E402
-import types  # noqa: E402
+host_devices.split_host_from_argv(default=8)  # Before JAX is imported.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

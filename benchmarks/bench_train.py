@@ -13,22 +13,10 @@ run data parallel; with 1 device the ratios show each layout's overhead.
 """
 
 import importlib
-import os
-import sys
 
+from benchmarks import host_devices
 
-def _devices_from_argv() -> int:
-  for arg in sys.argv[1:]:
-    if arg.startswith('--devices='):
-      return int(arg.split('=', 1)[1])
-  return 1
-
-
-if 'jax' not in sys.modules:  # XLA reads the device count once, when JAX starts.
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '')
-    + f' --xla_force_host_platform_device_count={_devices_from_argv()}'
-  )
+host_devices.split_host_from_argv(default=1)  # Before JAX is imported.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
