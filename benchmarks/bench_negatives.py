@@ -46,7 +46,7 @@ flags.DEFINE_integer('devices', 8, 'XLA CPU devices to split the host into (read
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds (each times every variant).')
 _STEPS = flags.DEFINE_integer('steps_per_round', 2, 'Steps per timing.')
 
-# name -> (cdns_start_fraction, bank_batches or None for the flag's value, or 0).
+# name -> (cdns_start_fraction, bank_batches): None takes --bank_batches, 0 is no queue.
 _VARIANTS = {
   'in-batch': (1.0, 0),
   'CDNS': (0.0, 0),
