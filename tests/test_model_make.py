@@ -27,7 +27,7 @@ def model(config):
   return build_model(config)
 
 
-def _batch(config, seed=0):
+def random_batch(config, seed=0):
   """A random batch of contract 2 with padding and one image-missing product."""
   rs = np.random.RandomState(seed)
   b = example_batch(config, B)
@@ -62,7 +62,7 @@ def _every_position(batch):
 def _masked(config, seed):
   """`_batch` after MLM / MPM masking (ids as the tiny tests' vocabulary has them)."""
   return mask_batch(
-    _batch(config),
+    random_batch(config),
     jax.random.key(seed),
     config.masking,
     pad_id=0,
@@ -76,7 +76,9 @@ def _masked(config, seed):
 
 @pytest.fixture(scope='module')
 def params(model, config):
-  variables = jax.jit(lambda r, b: model.init({'params': r}, b))(jax.random.key(0), _batch(config))
+  variables = jax.jit(lambda r, b: model.init({'params': r}, b))(
+    jax.random.key(0), random_batch(config)
+  )
   return meta.unbox(variables)['params']
 
 
@@ -86,7 +88,7 @@ def forward(model):
 
 
 def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
-  out = forward(params, _batch(config))
+  out = forward(params, random_batch(config))
   assert set(out) == set(OUTPUT_KEYS)
   lq, lt, v, d, h = (
     mlm_max_predictions(config.text.query_len, config.masking.mlm_prob),
@@ -122,7 +124,7 @@ def test_outputs_shapes_dtypes_and_invariants(config, params, forward):
 
 
 def test_image_missing_product_ignores_pixels(config, params, forward):
-  b1 = _batch(config)
+  b1 = random_batch(config)
   b2 = dict(b1, image=255 - b1['image'])
   o1, o2 = forward(params, b1), forward(params, b2)
   # Row 1 has no image: bit-identical embedding and weights (1, 0) whatever the pixels.
@@ -136,7 +138,7 @@ def test_image_missing_product_ignores_pixels(config, params, forward):
 
 
 def test_padding_tokens_do_not_change_outputs(config, params, forward):
-  b1 = _batch(config)
+  b1 = random_batch(config)
   b2 = dict(b1)
   rs = np.random.RandomState(7)
   for field in ('query', 'title'):
@@ -159,7 +161,7 @@ def test_padding_tokens_do_not_change_outputs(config, params, forward):
 
 
 def test_encode_methods_match_training_outputs(config, model, params, forward):
-  b = _batch(config)
+  b = random_batch(config)
   b.pop('mpm_mask')  # Serving encodes unmasked images.
   out = forward(params, b)
   encode_query = jax.jit(lambda p, i, m: model.apply(p, i, m, method=MakeModel.encode_query))
@@ -174,7 +176,7 @@ def test_encode_methods_match_training_outputs(config, model, params, forward):
 
 
 def test_retrieval_embeddings_come_from_the_unmasked_inputs(config, model, params, forward):
-  clean = _batch(config)
+  clean = random_batch(config)
   clean.pop('mpm_mask')
   masked = _masked(config, 3)
   assert (masked['query_ids'] != clean['query_ids']).any()  # Something was masked.
@@ -192,7 +194,7 @@ def test_retrieval_embeddings_come_from_the_unmasked_inputs(config, model, param
 
 
 def test_region_masking_changes_only_image_side(config, params, forward):
-  b1 = _batch(config)
+  b1 = random_batch(config)
   b2 = dict(b1, mpm_mask=np.zeros_like(b1['mpm_mask']))
   o1, o2 = forward(params, b1), forward(params, b2)
   # Targets are the unmasked region features; predictions see the masked input.
@@ -259,7 +261,7 @@ def test_modal_adaptation_off_uses_equal_weights(config):
     ModelConfig.from_config(config), modal_adaptation=False, num_layers=1, image_num_layers=1
   )
   model = MakeModel(cfg)
-  b = _batch(config)
+  b = random_batch(config)
   out, variables = jax.jit(lambda r, b: model.init_with_output({'params': r}, b))(
     jax.random.key(0), b
   )
@@ -268,16 +270,16 @@ def test_modal_adaptation_off_uses_equal_weights(config):
 
 
 def test_bad_batch_is_a_clear_error(config, model, params):
-  b = _batch(config)
+  b = random_batch(config)
   b.pop('image_missing')
   with pytest.raises(ValueError, match="missing 'image_missing'"):
     model.apply({'params': params}, b)
   # The retrieval pass never falls back to the masked ids: no clean ids, no forward pass.
-  b = _batch(config)
+  b = random_batch(config)
   b.pop('title_clean_ids')
   with pytest.raises(ValueError, match="missing 'title_clean_ids'"):
     model.apply({'params': params}, b)
-  b = _batch(config)
+  b = random_batch(config)
   b['image'] = b['image'][..., :1]
   with pytest.raises(ValueError, match=r'image must be \[batch, size, size, 3\]'):
     jax.eval_shape(lambda: model.apply({'params': params}, b))
@@ -285,7 +287,7 @@ def test_bad_batch_is_a_clear_error(config, model, params):
 
 def test_parameters_do_not_depend_on_the_init_batch(config, model, params):
   """The [MASK] region vector exists whether or not the init batch carries an mpm_mask."""
-  b = _batch(config)
+  b = random_batch(config)
   b.pop('mpm_mask')
   shapes = lambda p: jax.tree.map(lambda x: (x.shape, x.dtype), p)
   without = jax.eval_shape(lambda: meta.unbox(model.init(jax.random.key(0), b))['params'])
@@ -299,7 +301,7 @@ def test_fixed_qpm_temperature_is_not_a_parameter(config):
     ModelConfig.from_config(config), qpm_learn_temperature=False, num_layers=1, image_num_layers=1
   )
   out, variables = jax.eval_shape(
-    lambda: MakeModel(cfg).init_with_output(jax.random.key(0), _batch(config))
+    lambda: MakeModel(cfg).init_with_output(jax.random.key(0), random_batch(config))
   )
   assert 'log_qpm_temperature' not in variables['params'] and 'qpm_temperature' not in out
   assert 'log_mpm_r_tau' in variables['params'] and 'mpm_r_tau' in out

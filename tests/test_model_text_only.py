@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 from flax.linen import meta
+from test_model_make import random_batch
 
 from configs import tiny
 from make_jax.evaluation import results
@@ -52,30 +53,13 @@ def _config(**weights):
   return config
 
 
-def _batch(config, seed=0):
-  """A random batch of contract 2 with padding, one image-missing product and clean ids."""
-  rs = np.random.RandomState(seed)
-  b = example_batch(config, B)
-  for field, length in (('query', config.text.query_len), ('title', config.text.title_len)):
-    n = rs.randint(3, length + 1, size=B)
-    mask = (np.arange(length)[None] < n[:, None]).astype(np.int32)
-    ids = rs.randint(5, config.model.vocab_size, size=(B, length)).astype(np.int32)
-    ids[:, 0], ids[np.arange(B), n - 1] = 2, 3
-    b[f'{field}_ids'] = b[f'{field}_clean_ids'] = np.where(mask > 0, ids, 0).astype(np.int32)
-    b[f'{field}_mask'] = mask
-    b[f'{field}_keyword'] = (rs.rand(B, length) < 0.3).astype(np.int32) * mask
-  b['image'] = rs.randint(0, 256, size=b['image'].shape).astype(np.uint8)
-  b['image_missing'] = np.array([False, True, False, False])
-  b['product_id'] = np.arange(B, dtype=np.int32)
-  b['log_p'] = np.log(np.full(B, 0.1, np.float32))
-  return b
-
-
 @pytest.fixture(scope='module')
 def setup():
   config = _config()
   model = build_model(config)
-  variables = jax.jit(lambda r, b: model.init({'params': r}, b))(jax.random.key(0), _batch(config))
+  variables = jax.jit(lambda r, b: model.init({'params': r}, b))(
+    jax.random.key(0), random_batch(config)
+  )
   params = meta.unbox(variables)['params']
   return config, model, params, jax.jit(lambda p, b: model.apply({'params': p}, b))
 
@@ -93,7 +77,7 @@ def _encode_product(model, params, b):
 def test_no_image_parameters_and_no_image_work(setup):
   config, model, params, forward = setup
   assert set(params) == TEXT_PARAMS
-  b = _batch(config)
+  b = random_batch(config)
   # Neither the training forward nor the product tower holds a convolution (the ResNet).
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(forward)(params, b))
   assert 'conv_general_dilated' not in str(
@@ -108,7 +92,7 @@ def test_no_image_parameters_and_no_image_work(setup):
 
 def test_product_embedding_is_the_projected_title_cls(setup):
   config, model, params, forward = setup
-  b = _batch(config)
+  b = random_batch(config)
   tokens = TextEncoder(model.cfg).apply(
     {'params': params['title_encoder']}, b['title_ids'], b['title_mask']
   )
@@ -130,7 +114,7 @@ def test_product_embedding_is_the_projected_title_cls(setup):
 
 def test_the_image_does_not_change_the_embedding(setup):
   config, model, params, forward = setup
-  b1 = _batch(config)
+  b1 = random_batch(config)
   b2 = dict(b1, image=255 - b1['image'], image_missing=~b1['image_missing'])
   e1, w1 = _encode_product(model, params, b1)
   e2, w2 = _encode_product(model, params, b2)
@@ -155,7 +139,7 @@ def test_one_train_step_of_the_two_tower_row():
   state = train_step.create_train_state(model, params, tx, config, rng)
   tokens = types.SimpleNamespace(pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=2048)
   step = jax.jit(train_step.make_train_step(model, tx, config, tokens))
-  batch = _batch(config)
+  batch = random_batch(config)
   del batch['mpm_mask']
   new, metrics = step(state, batch)
   assert 'qpm' in metrics and not {'mpm', 'mpm_r', 'mlm', 'qpc'} & set(metrics)
@@ -173,7 +157,7 @@ def test_image_losses_with_a_text_only_tower_are_refused(setup):
     build_model(_config(mpm=0.5))
   # A loss config that bypasses the model's check still fails by name, not deep in a step.
   config, model, params, forward = setup
-  b = _batch(config)
+  b = random_batch(config)
   out = forward(params, b)
   loss_cfg = _config(mpm=1.0).loss
   with pytest.raises(ValueError, match="'mpm' needs model output keys"):
