@@ -21,8 +21,6 @@ rounds, and each variant's time over in-batch's *in the same round*, median [ran
 """
 
 import importlib
-import statistics
-import types
 
 from benchmarks import host_devices
 
@@ -66,9 +64,7 @@ def _variant(name: str, cdns_fraction: float, bank: int):
     config.loss.w_mbns = config.loss.w_mbns or 0.25
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
-  tokens = types.SimpleNamespace(
-    pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
-  )
+  tokens = step_setup.special_tokens(config.model.vocab_size)
   host_batch = jax.tree.map(np.asarray, step_setup.random_batch(config, _BATCH.value))
   layout = layouts.make_layout(config, model, tx, tokens)
   holder = {'state': layout.init(jax.random.key(0))}
@@ -112,11 +108,11 @@ def main(argv):
   print(f'{"variant":10s} {"ms/step":>22s} {"MFU (model)":>20s} {"vs in-batch, per round":>26s}')
   for name in fns:
     s = rounds.stats(name, work[name])
-    ratio = [t / b for t, b in zip(rounds.seconds[name], base, strict=True)]
+    r = flops.median_range('r', [t / b for t, b in zip(rounds.seconds[name], base, strict=True)])
     print(
       f'{name:10s} {s["s"] * 1e3:8.1f} [{s["s_min"] * 1e3:.0f}-{s["s_max"] * 1e3:.0f}]'
       f'   {100 * s["mfu"]:5.1f}% [{100 * s["mfu_min"]:.1f}-{100 * s["mfu_max"]:.1f}]'
-      f'   {statistics.median(ratio):6.3f}x [{min(ratio):.3f}-{max(ratio):.3f}]',
+      f'   {r["r"]:6.3f}x [{r["r_min"]:.3f}-{r["r_max"]:.3f}]',
       flush=True,
     )
   probe = rounds.stats('in-batch')

@@ -22,6 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import step_setup  # noqa: E402
 from make_jax.models import make_model  # noqa: E402
 from make_jax.train import flops, layouts, optimizer  # noqa: E402
 from make_jax.train import state as state_lib  # noqa: E402
@@ -33,13 +34,6 @@ _LAYOUTS = flags.DEFINE_list('layouts', list(layouts.LAYOUTS), 'Layouts to compa
 flags.DEFINE_integer('devices', 1, 'XLA CPU devices to split the host into (read at start).')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds (probe, steps, probe) per layout.')
 _STEPS = flags.DEFINE_integer('steps_per_round', 2, 'Steps per timed round.')
-
-
-class _Tokens:
-  pad_id, cls_id, sep_id, mask_id = 0, 2, 3, 4
-
-  def __init__(self, vocab_size: int):
-    self.vocab_size = vocab_size
 
 
 def _batch(config, batch_size: int) -> dict[str, np.ndarray]:
@@ -65,7 +59,7 @@ def bench(name: str, batch_size: int, probe: flops.MatmulProbe) -> None:
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
   host_batch = _batch(config, batch_size)
-  tokens = _Tokens(config.model.vocab_size)
+  tokens = step_setup.special_tokens(config.model.vocab_size)
   # The single-device step's XLA FLOPs: the same work in every layout.
   one = jax.eval_shape(state_lib.init_fn(model, tx, config), jax.random.key(0))
   single = jax.jit(train_step.make_train_step(model, tx, config, tokens))

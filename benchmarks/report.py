@@ -155,7 +155,7 @@ def _consumption(outputs: dict[str, str]) -> str:
   )
 
 
-def _run(name: str, cmd: list[str]) -> tuple[str, str, float]:
+def _run(cmd: list[str]) -> tuple[str, str]:
   shown = ' '.join(shlex.quote(a) for a in ['python', *cmd[1:]])
   start = time.perf_counter()
   try:
@@ -173,7 +173,7 @@ def _run(name: str, cmd: list[str]) -> tuple[str, str, float]:
     tail = [ln for ln in err.splitlines() if not re.match(r'^[IW]\d{4} ', ln)][-15:]
     body += ['', f'**Exit status {rc}.** Last lines of its error output:', '', '```']
     body += tail + ['```']
-  return '\n'.join(body), out, seconds
+  return '\n'.join(body), out
 
 
 def _header() -> str:
@@ -205,7 +205,7 @@ def main(argv):
   for name, cmd in commands.items():
     if name not in _SECTIONS.value:
       continue
-    body, outputs[name], _ = _run(name, cmd)
+    body, outputs[name] = _run(cmd)
     if name == 'input':
       body += '\n\n' + _consumption(outputs)
     print(f'## {_TITLES[name]}\n\n{body}\n', flush=True)

@@ -84,15 +84,18 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str
   return jax.tree.map(jnp.asarray, batch)
 
 
+def special_tokens(vocab_size: int) -> types.SimpleNamespace:
+  """Special-token ids as a learned vocabulary numbers them (its SPECIAL_TOKENS come first)."""
+  return types.SimpleNamespace(pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=vocab_size)
+
+
 def build(config_name: str, batch_size: int, seed: int = 0) -> StepSetup:
   """Model, params, batches, state and jitted fwd / fwd_bwd / train of configs/<config_name>."""
   config = importlib.import_module(f'configs.{config_name}').get_config()
   config.data.global_batch_size = batch_size
   model = build_model(config)
   batch = random_batch(config, batch_size)
-  tokens = types.SimpleNamespace(
-    pad_id=0, cls_id=2, sep_id=3, mask_id=4, vocab_size=config.model.vocab_size
-  )
+  tokens = special_tokens(config.model.vocab_size)
   num_regions = config.model.image_grid**2
   mask = jax.jit(
     lambda b, r: masking.mask_batch_by_example(

@@ -60,7 +60,7 @@ def _every_position(batch):
 
 
 def _masked(config, seed):
-  """`_batch` after MLM / MPM masking (ids as the tiny tests' vocabulary has them)."""
+  """`random_batch` after MLM / MPM masking (ids as the tiny tests' vocabulary has them)."""
   return mask_batch(
     random_batch(config),
     jax.random.key(seed),
