@@ -4,13 +4,17 @@ Why: a vocabulary is either taken from a pretrained BERT checkpoint (its ids mus
 because the checkpoint's embedding rows follow them) or learned from the training corpus.
 Both are the same file format: one token per line, UTF-8, the id of a token its line
 number (0-based). A learned vocabulary starts with the specials [PAD]=0 [UNK]=1 [CLS]=2
-[SEP]=3 [MASK]=4, then the character alphabet, then learned pieces.
+[SEP]=3 [MASK]=4, then the character alphabet and the learned pieces in code-point order.
+Learning is deterministic: the same corpus and arguments give the same file in any process.
 """
 
+import heapq
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 
-from tokenizers import Tokenizer, models, trainers
+from tokenizers import Tokenizer, models
 
 from make_jax import atomic_file
 from make_jax.text import normalize as normalize_lib
@@ -54,12 +58,110 @@ def save_vocab(tokens: Sequence[str], path: str | os.PathLike) -> None:
   atomic_file.write_text(path, ''.join(t + '\n' for t in tokens))
 
 
-def _segmented(corpus: Iterable[str | bytes]) -> Iterator[str]:
-  """Yields each text's words joined by spaces (words never contain whitespace)."""
+def _word_counts(corpus: Iterable[str | bytes], strip_accents: bool) -> Counter[str]:
+  """How often each sub-word occurs: what encoding looks up, counted over the corpus.
+
+  Each text is normalised and segmented (`normalize.py`, `segment.py`), then each word
+  goes through the in-word pipeline of encoding (`wordpiece.configure_pipeline`: CJK
+  characters and punctuation split off, accents stripped if asked), one word at a time as
+  `WordPieceTokenizer` feeds it. Words repeat, so the pipeline runs once per distinct word.
+  """
+  words: Counter[str] = Counter()
   for text in corpus:
-    words = segment_lib.segment(normalize_lib.normalize(text))
-    if words:
-      yield ' '.join(words)
+    words.update(segment_lib.segment(normalize_lib.normalize(text)))
+  pipeline = wordpiece.configure_pipeline(
+    Tokenizer(models.WordPiece(unk_token=wordpiece.UNK)), strip_accents=strip_accents
+  )
+  normalizer, pre_tokenizer = pipeline.normalizer, pipeline.pre_tokenizer
+  sub_words: Counter[str] = Counter()
+  for word, count in words.items():
+    for sub_word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(word)):
+      sub_words[sub_word] += count
+  return sub_words
+
+
+def _learn_pieces(word_counts: Mapping[str, int], vocab_size: int, min_frequency: int) -> set[str]:
+  """The alphabet and the pieces learned by merging the most frequent adjacent pair.
+
+  The merge learning of HuggingFace's `WordPieceTrainer` (a BPE trainer with the `##`
+  prefix), made deterministic. Words start as characters, `##` on all but the first; the
+  alphabet is every character, plain and, where it follows another, in its `##` form.
+  Then, until the vocabulary (specials included) holds `vocab_size` tokens or no pair of
+  adjacent symbols occurs `min_frequency` times (counted over the words, each weighted by
+  its count), the most frequent pair becomes one symbol in every word (`ab` + `##c` ->
+  `abc`; a symbol already known keeps its place).
+
+  Ties between equally frequent pairs go, as in the trainer, to the pair of older symbols:
+  symbols are ranked characters first, then `##` characters, then learned pieces in the
+  order learned, and pairs compare by (rank of the first, rank of the second). The trainer
+  numbered the `##` characters in hash-map order, which Rust seeds per process; here they
+  are in code-point order (as the characters), and nothing depends on the iteration
+  order of a hashed container, so a corpus gives one vocabulary in every process.
+  """
+  prefix = wordpiece.CONTINUATION_PREFIX
+  words = sorted(word_counts)
+  chars = sorted({ch for word in words for ch in word})
+  following = sorted({ch for word in words for ch in word[1:]})
+  names = chars + [prefix + ch for ch in following]  # A symbol's rank is its index.
+  rank = {name: r for r, name in enumerate(names)}
+  symbols = [[rank[w[0]]] + [rank[prefix + ch] for ch in w[1:]] for w in words]
+  counts = [word_counts[w] for w in words]
+  # Pair counts, the words each pair may be in (a superset: a merge that takes a pair out
+  # of a word leaves the entry), and a min-heap of (-count, pair). For every pair the heap
+  # holds an entry with at least its current count (a count that rises is pushed, one that
+  # falls is re-pushed when its stale entry comes up), so the first entry popped whose
+  # count is current is the most frequent pair, ties to the smallest ranks.
+  pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+  where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+  for i, word in enumerate(symbols):
+    for pair in pairwise(word):
+      pair_counts[pair] += counts[i]
+      where[pair].add(i)
+  heap = [(-count, pair) for pair, count in pair_counts.items()]
+  heapq.heapify(heap)
+  size = len(wordpiece.SPECIAL_TOKENS) + len(set(names) - set(wordpiece.SPECIAL_TOKENS))
+  least = max(min_frequency, 1)
+  while size < vocab_size and heap:
+    negative_count, pair = heapq.heappop(heap)
+    count = pair_counts[pair]
+    if count != -negative_count:
+      if count > 0:
+        heapq.heappush(heap, (-count, pair))
+      continue
+    if count < least:
+      break
+    first, second = pair
+    name = names[first] + names[second].removeprefix(prefix)
+    if name not in rank:
+      rank[name] = len(names)
+      names.append(name)
+      size += name not in wordpiece.SPECIAL_TOKENS
+    merged = rank[name]
+    changed: defaultdict[tuple[int, int], int] = defaultdict(int)
+    for i in where.pop(pair):
+      old = symbols[i]
+      new: list[int] = []
+      j, n = 0, len(old)
+      while j < n:
+        if j + 1 < n and old[j] == first and old[j + 1] == second:
+          new.append(merged)
+          j += 2
+        else:
+          new.append(old[j])
+          j += 1
+      if len(new) == n:
+        continue  # An earlier merge took the pair out of this word.
+      symbols[i] = new
+      for p in pairwise(old):
+        changed[p] -= counts[i]
+      for p in pairwise(new):
+        changed[p] += counts[i]
+        where[p].add(i)
+    for p, delta in changed.items():
+      pair_counts[p] += delta
+      if delta > 0:
+        heapq.heappush(heap, (-pair_counts[p], p))
+  return set(names)
 
 
 def build_vocab(
@@ -73,12 +175,10 @@ def build_vocab(
 
   The texts go through the same normalisation, segmentation and in-word BERT rules as
   encoding, so every word of the corpus can be pieced without [UNK] (the whole character
-  alphabet is kept). Trained with HuggingFace `WordPieceTrainer`.
-
-  Not bit-reproducible: the trainer breaks ties between equally frequent merges in hash
-  map order, which Rust seeds per process, so two runs on the same corpus can differ in
-  a few percent of the learned pieces. Learn a vocabulary once, save it (`save_vocab`)
-  and point `config.text.vocab_path` at the file; never re-learn on resume.
+  alphabet is kept, each character also in its `##` form where it follows another).
+  Pieces are learned by merging the most frequent adjacent pair, as HuggingFace's
+  `WordPieceTrainer` does, with ties broken in a fixed order (`_learn_pieces`): the same
+  corpus and arguments give the same vocabulary in every process.
 
   Args:
     corpus: raw texts; normalised and segmented here.
@@ -95,30 +195,12 @@ def build_vocab(
   """
   if vocab_size < len(wordpiece.SPECIAL_TOKENS) + 1:
     raise ValueError(f'vocab_size={vocab_size} leaves no room beyond the 5 special tokens')
-  tokenizer = wordpiece.configure_pipeline(
-    Tokenizer(
-      models.WordPiece(
-        unk_token=wordpiece.UNK,
-        continuing_subword_prefix=wordpiece.CONTINUATION_PREFIX,
-        max_input_chars_per_word=wordpiece.MAX_INPUT_CHARS_PER_WORD,
-      )
-    ),
-    strip_accents=strip_accents,
-  )
-  trainer = trainers.WordPieceTrainer(
-    vocab_size=vocab_size,
-    min_frequency=min_frequency,
-    special_tokens=list(wordpiece.SPECIAL_TOKENS),
-    continuing_subword_prefix=wordpiece.CONTINUATION_PREFIX,
-    show_progress=False,
-  )
-  tokenizer.train_from_iterator(_segmented(corpus), trainer=trainer)
-  learned = tokenizer.get_vocab()
+  learned = _learn_pieces(_word_counts(corpus, strip_accents), vocab_size, min_frequency)
   # Specials first (ids 0-4), then the rest in code-point order. The order of the others
   # does not change tokenization (greedy longest match only asks membership); a canonical
   # order makes two vocab files comparable with `diff`.
   specials = list(wordpiece.SPECIAL_TOKENS)
-  tokens = specials + sorted(t for t in learned if t not in wordpiece.SPECIAL_TOKENS)
+  tokens = specials + sorted(learned - set(specials))
   if len(tokens) <= len(wordpiece.SPECIAL_TOKENS):
     raise ValueError('the corpus has no words to learn a vocabulary from')
   if len(tokens) > vocab_size:
