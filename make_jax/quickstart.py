@@ -4,9 +4,8 @@ What it does, end to end:
   1. builds the `synthetic_products` TFDS dataset (deterministic from its seed) under the
      workdir (unless `cfg.data.data_dir` names another place);
   2. learns a WordPiece vocabulary from the training titles and queries (or loads
-     `cfg.text.vocab_path`) and saves it as `<workdir>/vocab.txt`: learning is not bit-for-bit
-     repeatable across processes (see make_jax/text/vocab.py), so a saved vocabulary is
-     reused on later runs;
+     `cfg.text.vocab_path`) and saves it as `<workdir>/vocab.txt`, which later runs reuse
+     (learning is deterministic, see make_jax/text/vocab.py; loading is just cheaper);
   3. prints a few training examples as the model sees them: sorted words, qid, WordPiece
      tokens, keyword flags, log p;
   4. trains through `make_jax.train.loop.train_and_evaluate` (the job `tools/train.py`
@@ -180,7 +179,8 @@ def _print_answer(label: str, answer: search.Answer) -> None:
     f'{answer.strategy}, filters {answer.filters or "none"}, {answer.latency_ms["total"]:.1f} ms'
   )
   for r in answer.results:
-    print(f'     {r.product_id:6d}  {r.score:+.4f}  {r.title}')
+    outside = '' if r.satisfies_filter else '  (outside the filters: backfilled)'
+    print(f'     {r.product_id:6d}  {r.score:+.4f}  {r.title}{outside}')
 
 
 def _examples(searcher: search.Searcher, logged: list[str], k: int) -> dict[str, search.Answer]:

@@ -2,7 +2,9 @@
 
 A person types a query into the box and presses Search; the page must show result cards
 whose images really loaded (naturalWidth > 0), the titles, the title/image weights, the
-path that answered and, for a query that names a restricted value, the filters. What the
+path that answered and, for a query that names a restricted value, the filters and a
+mark on each backfilled card (outside the filters); a `relevance_mode` in the page's URL
+reaches the server. What the
 page shows is compared with the server's own JSON answer, so a rendering bug fails here.
 
 Chromium and its driver are Debian's (`apt-get install chromium chromium-driver`, which
@@ -189,6 +191,22 @@ def test_search_page_in_chromium(browser, service, searcher, tmp_path):  # noqa:
   _check_cards(_wait_for_answer(browser, TABLE_QUERY, 8), answer)
   assert browser.find_element(By.ID, 'path').text == 'table'
   assert browser.find_element(By.CSS_SELECTOR, '#filters .none').text == 'none'
+
+  # More places than products of the brand and category: the rest are backfilled, marked.
+  k = int(counts.max()) + 3
+  answer = _answer(port, q, k)
+  m = sum(r['satisfies_filter'] for r in answer['results'])
+  assert answer['relevance_mode'] == 'backfill' and m < k == len(answer['results'])
+  _type_and_submit(browser, q, k)
+  cards = _wait_for_answer(browser, q, k)
+  _check_cards(cards, answer)
+  marked = ['outside' in c.get_attribute('class').split() for c in cards]
+  assert marked == [False] * m + [True] * (k - m)
+  assert browser.find_element(By.ID, 'outside-count').text == f'· {k - m} outside the filters'
+  # The strict filter, asked for in the page's URL: the satisfying products only.
+  browser.get(f'http://127.0.0.1:{port}/?q={brand}+{category}&k={k}&relevance_mode=strict')
+  cards = _wait_for_answer(browser, q, m)
+  assert not browser.find_elements(By.CSS_SELECTOR, '#results .card.outside, #outside-count')
 
   # A blank query shows the server's message, and the last answer's cards go.
   _type_and_submit(browser, '   ', 8)

@@ -6,9 +6,9 @@ a checkpoint and print the held-out Recall@10 before and after training; then ex
 index and build the query table into the served layout and answer example searches through
 the served Searcher (a logged query from the table, an unlogged one online, a filtered one)
 and print the serve command; a later run in the same workdir must reuse the saved vocabulary
-(learning it is not bit-for-bit repeatable across processes), resume rather than start
-again and reuse the artefacts; and a model too small for the tokenizer must be refused with
-a message that says which setting to change.
+(loaded, not learned again), resume rather than start again and reuse the artefacts; and a
+model too small for the tokenizer must be refused with a message that says which setting
+to change.
 """
 
 import math
@@ -66,7 +66,8 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   assert (tmp_path / 'config.json').exists() and (tmp_path / 'domain_words.txt').exists()
 
   # Served from the workdir's export: the logged query by the table (its products in the
-  # table's order, filtered), the unlogged one online, the filtered one within its filter.
+  # table's order, filtered), the unlogged one online, the filtered one within its filter
+  # (backfilled, if fewer than 5 products satisfy it, by products marked as outside it).
   serving = out['serving']
   for stage in ('== 6. Export', '== 7. Index', '== 8. Query log', '== 9. Searches'):
     assert stage in printed, stage
@@ -84,10 +85,12 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   filtered = answers['filtered']
   assert filtered.filters and len(filtered.results) == 5
   cat = service.catalogue_for_config(config)
+  marks = [r.satisfies_filter for r in filtered.results]
+  assert marks[0] and marks == sorted(marks, reverse=True)  # Satisfying products first.
   for r in filtered.results:
     row = cat.rows_of_ids(np.array([r.product_id]))[0]
-    for field, values in filtered.filters.items():
-      assert cat.attributes[field][row] in values
+    ok = all(cat.attributes[f][row] in values for f, values in filtered.filters.items())
+    assert ok == r.satisfies_filter
   assert embed.read_embeddings(lay.products)[3]['count'] == len(cat)
 
   # A later run finds <workdir>/vocab.txt and loads it instead of learning a new one, and

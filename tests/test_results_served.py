@@ -11,6 +11,9 @@ ranking) over the whole catalogue:
 - filters on: every product satisfies the filter that applied, read from the TFDS
   catalogue's attributes (not the serving catalogue), filters do apply to many queries,
   and each filtered list is the exact ranking restricted to the matching products;
+- backfill (the default relevance mode): every list K long, the strict list first, the
+  rest marked as outside the filter; the results driver's two served rows (strict and
+  backfill) score P_rel and P_cate from one served view;
 - a second catalogue (en_n200) gets its own served view, ranks over that catalogue, and
   leaves the first view as it was; a current view is reused, not rebuilt.
 """
@@ -23,7 +26,7 @@ import pytest
 
 from make_jax import atomic_file
 from make_jax.datasets import loading
-from make_jax.evaluation import results, served, sources
+from make_jax.evaluation import eval_set, results, served, sources
 from make_jax.export import manifest as manifest_lib
 from make_jax.models import make_model
 from make_jax.train import checkpoint, inputs, layouts, optimizer
@@ -86,7 +89,9 @@ def test_unfiltered_served_path_equals_exact_search(run, tmp_path):
 def test_filtered_results_satisfy_the_filter_and_rank_exactly(run, tmp_path):
   full, builder = run['full'], run['builder']
   ranked = tmp_path / 'on.jsonl'
-  got = served.rank_served(run['workdir'], builder, list(full), K, ranked_path=ranked)
+  got = served.rank_served(
+    run['workdir'], builder, list(full), K, relevance_mode='strict', ranked_path=ranked
+  )
   lines = _lines(ranked)
   source = builder.as_data_source('catalogue')
   attrs = {
@@ -105,6 +110,47 @@ def test_filtered_results_satisfy_the_filter_and_rank_exactly(run, tmp_path):
     want = [p for p in full[q] if ok(p, filt)][:K]
     _assert_same_ranking(ids, want, lines[q]['scores'], q)
   assert filtered >= len(got) // 4, (filtered, len(got))
+
+
+def test_served_rows_score_both_relevance_modes(run, tmp_path):
+  """The driver's served rows: strict and backfill lists of one run, each scored with
+  P_rel and P_cate; a backfilled list is K long and starts with the strict list."""
+  builder = run['builder']
+  es = eval_set.from_builder(builder, 'test')
+  (tmp_path / 'runs').mkdir()
+  (tmp_path / 'runs' / 'make').symlink_to(run['workdir'])  # The trained row to serve.
+  scored = {'splits': {'en_small/test': {'overall': {'recall@100': 0.5}}}}
+  (tmp_path / 'results.json').write_text(
+    json.dumps({'ks': [K], 'judged_ks': [K], 'rows': {'make': {'label': 'MAKE', **scored}}})
+  )
+  names = {'strict': 'best_relevance_control', 'backfill': 'best_relevance_backfill'}
+  out = results.run_results(
+    list(names.values()),
+    tmp_path,
+    load_split=lambda config, split: (builder, es, []),
+    splits=[('en_small', 'test')],
+    ks=(K,),
+    judged_ks=(K,),
+    bootstrap_samples=0,
+  )
+  lines = {}
+  for mode, name in names.items():
+    row = out['rows'][name]
+    assert row['source_row'] == 'make' and mode in row['label'], row
+    overall = row['splits']['en_small/test']['overall']
+    assert 0 < overall[f'p_rel@{K}'] <= 1 and 0 < overall[f'p_cate@{K}'] <= 1, overall
+    lines[mode] = _lines(tmp_path / name / 'en_small_test.jsonl')
+  short = 0
+  for q, strict in lines['strict'].items():
+    backfill, m = lines['backfill'][q], len(strict['product_ids'])
+    assert strict['relevance_mode'] == 'strict' and backfill['relevance_mode'] == 'backfill'
+    assert len(backfill['product_ids']) == K == len(set(backfill['product_ids'])), q
+    assert backfill['product_ids'][:m] == strict['product_ids'], q
+    assert backfill['satisfies_filter'] == [True] * m + [False] * (K - m), q
+    short += m < K
+  assert short > 0  # Strict lists that backfill completes.
+  table = (tmp_path / 'results.md').read_text()
+  assert '(strict) | en_small/test' in table and '(backfill) | en_small/test' in table
 
 
 def test_second_catalogue_has_its_own_view(run):

@@ -1,8 +1,8 @@
 """The HTTP server, started for real (uvicorn on a free loopback port, in a thread).
 
 Every bad input gets its 4xx with a message and never a 500; a good query gets JSON with
-product id, title, score, modal weights, filters, path and latency; /healthz, /metrics
-and the page answer. The searcher is real (synthetic catalogue, exact index, dict table);
+product id, title, score, modal weights, whether each product satisfies the filter,
+filters, relevance mode, path and latency; /healthz, /metrics and the page answer. The searcher is real (synthetic catalogue, exact index, dict table);
 its query encoder is a small hashed bag of words, so no model is compiled here.
 """
 
@@ -130,6 +130,9 @@ BAD = {
   'tab': ('/search?q=red%09shirt', 'control'),
   'DEL': ('/search?q=a%7F', 'control'),
   'C1 control': ('/search?q=a%C2%85b', 'control'),
+  'unknown relevance_mode': ('/search?q=shirt&relevance_mode=loose', 'backfill, strict'),
+  'empty relevance_mode': ('/search?q=shirt&relevance_mode=', 'relevance_mode'),
+  'relevance_mode twice': ('/search?q=shirt&relevance_mode=strict&relevance_mode=strict', 'times'),
 }
 
 
@@ -158,15 +161,17 @@ def test_raw_bytes_and_huge_queries_are_4xx(service):
 def test_good_query_answers_json(service):
   port, catalogue = service
   brand = catalogue.attributes['brand'][0]
-  status, ctype, body = get(port, f'/search?q={brand}+shirts&k=7&unknown=1')
+  status, ctype, body = get(port, f'/search?q={brand}+shirts&k=7&relevance_mode=strict&unknown=1')
   assert status == 200 and 'application/json' in ctype
   answer = json.loads(body)
   assert answer['path'] == 'online' and answer['k'] == 7
+  assert answer['relevance_mode'] == 'strict'
   assert answer['filters'] == {'brand': [brand], 'category': ['shirt']}
   assert answer['latency_ms']['server'] >= answer['latency_ms']['total'] > 0
   assert 0 < len(answer['results']) <= 7
   for r in answer['results']:
     assert set(r) >= {'product_id', 'title', 'score', 'title_weight', 'image_weight', 'image_url'}
+    assert r['satisfies_filter'] is True
     assert catalogue.attributes['brand'][r['product_id']] == brand
     assert catalogue.attributes['category'][r['product_id']] == 'shirt'
     assert r['title'] == catalogue.titles[r['product_id']]
@@ -175,6 +180,29 @@ def test_good_query_answers_json(service):
   # Unicode queries are fine; k defaults to 10.
   status, _, body = get(port, '/search?q=%E7%BA%A2%E8%89%B2+%F0%9F%91%97')
   assert status == 200 and len(json.loads(body)['results']) == 10
+
+
+def test_backfill_answers_k_products_and_marks_those_outside_the_filter(service):
+  """The default mode: the strict answer first, then other products, each one marked."""
+  port, catalogue = service
+  brand = catalogue.attributes['brand'][0]
+  strict = json.loads(get(port, f'/search?q={brand}+shirts&k=7&relevance_mode=strict')[2])
+  status, _, body = get(port, f'/search?q={brand}+shirts&k=7')
+  answer = json.loads(body)
+  assert status == 200 and answer['relevance_mode'] == 'backfill'
+  assert answer['filters'] == strict['filters'] == {'brand': [brand], 'category': ['shirt']}
+  ids = [r['product_id'] for r in answer['results']]
+  m = len(strict['results'])
+  assert len(ids) == 7 == len(set(ids)) and m < 7
+  assert ids[:m] == [r['product_id'] for r in strict['results']]
+  for r in answer['results']:
+    ok = (
+      catalogue.attributes['brand'][r['product_id']],
+      catalogue.attributes['category'][r['product_id']],
+    ) == (brand, 'shirt')
+    assert r['satisfies_filter'] is ok
+  assert [r['satisfies_filter'] for r in answer['results']] == [True] * m + [False] * (7 - m)
+  assert json.loads(get(port, '/healthz')[2])['relevance_mode'] == 'backfill'
 
 
 def test_table_hit_says_its_path(service):
@@ -225,6 +253,8 @@ def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
     assert record['product_ids'] == [r.product_id for r in want.results]
     assert record['scores'] == pytest.approx([r.score for r in want.results], abs=1e-5)
     assert record['filters'] == want.filters and record['path'] == want.path
+    assert record['satisfies_filter'] == [r.satisfies_filter for r in want.results]
+    assert record['relevance_mode'] == 'backfill'
   unfiltered, _ = batch.search_lines(searcher, queries[1:2], 4, use_filters=False)
   assert json.loads(unfiltered[0])['filters'] == {}
 

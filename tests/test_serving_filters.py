@@ -47,15 +47,23 @@ def _unit(rng, n, d):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _naive_filtered_top(cat, emb, query, filt, k):
-  """Exact top-k over the rows whose columns satisfy `filt` (no inverted index)."""
+def _naive_satisfies(cat, filt):
+  """bool [N]: the rows whose columns satisfy `filt` (no inverted index)."""
   ok = np.ones(len(cat), bool)
   for field, values in filt.clauses:
     ok &= np.isin(np.array(cat.attributes[field], object), list(values))
-  rows = np.flatnonzero(ok)
+  return ok
+
+
+def _naive_top(emb, query, rows, k):
+  """Exact top-k of `rows`, ties to the lower row."""
   scores = emb[rows] @ query
-  order = np.lexsort((rows, -scores))[:k]
-  return rows[order]
+  return rows[np.lexsort((rows, -scores))[:k]]
+
+
+def _naive_filtered_top(cat, emb, query, filt, k):
+  """Exact top-k over the rows whose columns satisfy `filt` (no inverted index)."""
+  return _naive_top(emb, query, np.flatnonzero(_naive_satisfies(cat, filt)), k)
 
 
 def test_spellings_and_plurals_meet_on_one_value(fashion):
@@ -128,7 +136,7 @@ def test_filtered_search_equals_exact_filtered_search(fashion, exact_max_rows):
     q = _unit(np.random.default_rng(i + 1), 1, 32)[0]
     filt, _ = rc.understand(text)
     assert filt, text
-    got = search.search(q, filt, 10)
+    got = search.search(q, filt, 10, mode=filters.STRICT)
     assert got.strategy == want_strategy
     for row in got.rows:
       for field, values in filt.clauses:
@@ -136,6 +144,80 @@ def test_filtered_search_equals_exact_filtered_search(fashion, exact_max_rows):
     want = _naive_filtered_top(cat, emb, q, filt, 10)
     np.testing.assert_array_equal(got.rows, want, err_msg=text)
     np.testing.assert_allclose(got.scores, emb[want] @ q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('exact_max_rows', [0, 10**9], ids=['overfetch', 'exact_subset'])
+def test_backfill_is_k_long_with_the_strict_answer_first(fashion, exact_max_rows):
+  """Backfill: exactly k rows, no repeats, the strict answer first, then the exact top of
+  the rows that do not satisfy the filter; each row marked as the columns say."""
+  cat, rc = fashion
+  emb = _unit(np.random.default_rng(0), len(cat), 32)
+  search = filters.FilteredSearch(
+    index.ExactIndex(emb), emb, rc.inverted, exact_max_rows=exact_max_rows
+  )
+  narrow = [
+    [('baseColour', 'Lime Green')],  # 6 products.
+    [('subCategory', 'Wristbands'), ('subCategory', 'Vouchers')],  # 4 + 1.
+    [('brand', 'Red Chief')],  # 101.
+  ]
+  cases = [(filters.Filter.from_pairs(p), k) for p in narrow for k in (10, 200)]
+  cases += [(rc.understand(text)[0], 10) for text in QUERIES[:4]]
+  short = 0
+  for i, (filt, k) in enumerate(cases):
+    q = _unit(np.random.default_rng(i + 1), 1, 32)[0]
+    strict = search.search(q, filt, k, mode=filters.STRICT)
+    got = search.search(q, filt, k, mode=filters.BACKFILL)
+    assert got.strategy == strict.strategy and got.candidates == strict.candidates
+    assert len(got.rows) == k and len(set(got.rows.tolist())) == k, filt
+    m = got.num_satisfying
+    short += m < k
+    assert m == len(strict.rows) and strict.num_satisfying == m
+    np.testing.assert_array_equal(got.rows[:m], strict.rows)
+    ok = _naive_satisfies(cat, filt)
+    np.testing.assert_array_equal(got.satisfies, ok[got.rows])
+    want_rest = _naive_top(emb, q, np.flatnonzero(~ok), k - m)
+    np.testing.assert_array_equal(got.rows[m:], want_rest, err_msg=str(filt))
+    np.testing.assert_allclose(got.scores, emb[got.rows] @ q, rtol=1e-5, atol=1e-6)
+  assert short >= 5  # The narrow filters do leave strict lists short.
+
+
+class _ShortIndex:
+  """Answers half the rows it is asked for, as an approximate index may answer fewer."""
+
+  def __init__(self, inner):
+    self.inner = inner
+
+  @property
+  def size(self):
+    return self.inner.size
+
+  def search(self, queries, k):
+    rows, scores = self.inner.search(queries, k)
+    half = max(1, rows.shape[1] // 2)
+    return rows[:, :half], scores[:, :half]
+
+
+@pytest.mark.parametrize('short_index', [False, True], ids=['exact', 'short_index'])
+def test_backfill_holds_the_whole_small_catalogue(short_index):
+  """k beyond the catalogue: every row once, satisfying first; an index that answers fewer
+  rows than asked is completed by exact scoring of the rows outside the filter."""
+  inv = filters.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'b', 'c']})
+  emb = _unit(np.random.default_rng(0), 6, 4)
+  ann = index.ExactIndex(emb)
+  search = filters.FilteredSearch(_ShortIndex(ann) if short_index else ann, emb, inv)
+  q = _unit(np.random.default_rng(1), 1, 4)[0]
+  filt = filters.Filter.from_pairs([('brand', 'a')])
+  got = search.search(q, filt, 10)
+  want = np.concatenate(
+    [_naive_top(emb, q, np.array([0, 2]), 2), _naive_top(emb, q, np.array([1, 3, 4, 5]), 4)]
+  )
+  np.testing.assert_array_equal(got.rows, want)
+  assert got.satisfies.tolist() == [True, True, False, False, False, False]
+  assert search.search(q, filt, 10, mode=filters.STRICT).rows.tolist() == want[:2].tolist()
+  unfiltered = search.search(q, filters.Filter(), 3)
+  assert unfiltered.num_satisfying == len(unfiltered.rows) and unfiltered.satisfies.all()
+  with pytest.raises(ValueError, match='relevance mode must be one of backfill, strict'):
+    search.search(q, filt, 3, mode='loose')
 
 
 def test_unfiltered_query_is_the_index_top_k(fashion):
@@ -159,6 +241,7 @@ def test_table_results_are_filtered_in_rank_order():
     ranked, np.linspace(1, 0, 5), filters.Filter.from_pairs([('brand', 'a')]), 2
   )
   assert got.rows.tolist() == [4, 2] and got.strategy == 'table'
+  assert got.num_satisfying == 2
 
 
 @pytest.mark.slow
@@ -233,6 +316,7 @@ def test_http_branded_query_on_fashion_satisfies_its_filter(fashion):
       answer = json.loads(body)
       filt, _ = rc.understand(text)
       assert answer['filters'] == filt.as_dict() and 'brand' in answer['filters'], answer
+      assert all(r['satisfies_filter'] for r in answer['results'])  # Nothing backfilled.
       rows = cat.rows_of_ids(np.array([r['product_id'] for r in answer['results']]))
       for field, values in answer['filters'].items():
         for row in rows:

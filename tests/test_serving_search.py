@@ -1,5 +1,6 @@
 """Searcher: the online path equals brute-force search of the encoded query, the table
-path serves table hits in order, relevance control applies to both, and concurrent
+path serves table hits in order, relevance control applies to both (strict: satisfying
+products only; backfill: those first, then the best of the rest, k long), and concurrent
 queries are batched into fewer model calls without changing their embeddings.
 
 A tiny random model (configs/tiny.py) and a vocabulary learned from the catalogue's
@@ -53,9 +54,16 @@ def parts():
       model.apply({'params': params}, ids, mask, method=model.encode_query), np.float32
     )[0]
 
-  def searcher(table=None):
+  def searcher(table=None, **kwargs):
     return search.Searcher(
-      catalogue, pre, filtered, relevance, encoder=enc, table=table, modal_weights=weights
+      catalogue,
+      pre,
+      filtered,
+      relevance,
+      encoder=enc,
+      table=table,
+      modal_weights=weights,
+      **kwargs,
     )
 
   yield dict(catalogue=catalogue, pre=pre, enc=enc, emb=emb, ref=reference, searcher=searcher)
@@ -80,7 +88,7 @@ def test_online_path_equals_brute_force_of_the_encoded_query(parts):
 
 
 def test_online_path_applies_the_filter(parts):
-  s, cat = parts['searcher'](), parts['catalogue']
+  s, cat = parts['searcher'](relevance_mode=filters.STRICT), parts['catalogue']
   brand, category = cat.attributes['brand'][0], cat.attributes['category'][0]
   text = f'{brand} {category}s'  # A plural still names the category.
   answer = s.search(text, K)
@@ -95,6 +103,45 @@ def test_online_path_applies_the_filter(parts):
   scores = parts['emb'][rows] @ parts['ref'](text)
   want = np.array(rows)[np.argsort(-scores, kind='stable')[:K]]
   assert [r.product_id for r in answer.results] == want.tolist()
+  assert answer.relevance_mode == 'strict' and all(r.satisfies_filter for r in answer.results)
+
+
+def _satisfies(cat, answer):
+  return [
+    all(cat.attributes[f][r.product_id] in v for f, v in answer.filters.items())
+    for r in answer.results
+  ]
+
+
+def test_backfill_completes_the_strict_answer(parts):
+  """The default mode: the strict answer, then the best products outside the filter."""
+  s, cat = parts['searcher'](), parts['catalogue']
+  brand, category = cat.attributes['brand'][0], cat.attributes['category'][0]
+  text = f'{brand} {category}s'
+  k = 40  # More than the products of one brand and category.
+  strict = s.search(text, k, relevance_mode=filters.STRICT)
+  answer = s.search(text, k)
+  assert answer.relevance_mode == 'backfill' and answer.filters == strict.filters
+  ids = [r.product_id for r in answer.results]
+  m = len(strict.results)
+  assert len(ids) == k == len(set(ids)) and 0 < m < k
+  assert ids[:m] == [r.product_id for r in strict.results]
+  assert [r.satisfies_filter for r in answer.results] == [True] * m + [False] * (k - m)
+  assert _satisfies(cat, answer) == [r.satisfies_filter for r in answer.results]
+  outside = np.array(
+    [
+      i
+      for i in range(len(cat))
+      if (cat.attributes['brand'][i], cat.attributes['category'][i]) != (brand, category)
+    ]
+  )
+  scores = parts['emb'][outside] @ parts['ref'](text)
+  assert ids[m:] == outside[np.argsort(-scores, kind='stable')[: k - m]].tolist()
+  # Unfiltered: every product satisfies; the same list in both modes.
+  plain = s.search('new classic vintage', K)
+  assert all(r.satisfies_filter for r in plain.results) and len(plain.results) == K
+  with pytest.raises(ValueError, match='relevance mode'):
+    s.search(text, K, relevance_mode='loose')
 
 
 def test_table_path_serves_hits_in_order_and_filters_them(parts):
@@ -115,6 +162,18 @@ def test_table_path_serves_hits_in_order_and_filters_them(parts):
   assert answer.path == 'online' and answer.fallback_reason == 'table_short_after_filter'
   assert all(cat.attributes['brand'][r.product_id] == brand for r in answer.results)
   assert len(answer.results) == K
+
+
+def test_table_row_shorter_than_k(parts):
+  """Strict serves a short table row as it is; backfill answers online, k long."""
+  pre = parts['pre']
+  table = index.DictTable({pre.qid('short cached query'): (np.arange(3), np.ones(3))})
+  strict = parts['searcher'](table, relevance_mode=filters.STRICT).search('short cached query', K)
+  assert strict.path == 'table' and strict.filters == {}
+  assert [r.product_id for r in strict.results] == [0, 1, 2]
+  answer = parts['searcher'](table).search('short cached query', K)
+  assert answer.path == 'online' and answer.fallback_reason == 'table_short'
+  assert len(answer.results) == K and all(r.satisfies_filter for r in answer.results)
 
 
 def test_search_batch_equals_one_by_one(parts):

@@ -4,12 +4,14 @@ r"""Batch search: queries from a file, one per line, to JSON lines of top-K ids 
     --output=results.jsonl --k=100
 
 The searcher is the served one (same flags as tools/serve.py: `--workdir`, or `--demo`
-with `--config`), so what is evaluated is what is served: table hits first, online
-encoding of the misses in batches, relevance control unless `--nofilter`.
+with `--config`, and `--relevance_mode=backfill|strict`), so what is evaluated is what is
+served: table hits first, online encoding of the misses in batches, relevance control
+unless `--nofilter`.
 
 Output, one line per query in input order (written atomically at the end):
-  {"query": "...", "product_ids": [...], "scores": [...], "path": "table"|"online",
-   "filters": {"brand": ["Nike"]}}
+  {"query": "...", "product_ids": [...], "scores": [...], "satisfies_filter": [...],
+   "path": "table"|"online", "relevance_mode": "backfill", "filters": {"brand": ["Nike"]}}
+(`satisfies_filter`: False for the products backfilled after those that satisfy it.)
 Empty lines and lines that are not valid UTF-8 are skipped and counted (log).
 """
 

@@ -11,14 +11,19 @@ picks the catalogue, here the real fashion one, the first 2,000 products):
     --config.data.name=fashion_products --num_products=2000 --port=8000
 
 Then open http://127.0.0.1:8000/ or `curl '127.0.0.1:8000/search?q=nike+tees&k=5'`.
+
+Relevance control puts the products that satisfy the query's attribute filter first and
+backfills the list to k with the best of the rest (`--relevance_mode=backfill`, each
+result marked); `--relevance_mode=strict` is the paper's filter (lists may be shorter).
+A request may ask for the other with `&relevance_mode=`.
 """
 
 import uvicorn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from make_jax.serving import filters, server, service
 from make_jax.serving import params as params_lib
-from make_jax.serving import server, service
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config (--demo only).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to serve.')
@@ -31,6 +36,13 @@ _MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Most queries encoded in one c
 _MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0, 'Wait for a batch to fill (ms).')
 _MAX_K = flags.DEFINE_integer('max_k', params_lib.MAX_K, 'Largest k accepted.')
 _MAX_CHARS = flags.DEFINE_integer('max_query_chars', params_lib.MAX_QUERY_CHARS, 'Query limit.')
+_RELEVANCE_MODE = flags.DEFINE_enum(
+  'relevance_mode',
+  filters.DEFAULT_MODE,
+  filters.MODES,
+  'Relevance control: backfill (satisfying products first, then the best of the rest, '
+  'k long) or strict (satisfying products only).',
+)
 
 
 def _from_workdir(workdir: str, **kwargs):
@@ -45,13 +57,14 @@ def _from_workdir(workdir: str, **kwargs):
 
 
 def searcher_from_flags():
-  """The Searcher that --workdir or --demo (and the batching flags) name."""
+  """The Searcher that --workdir or --demo (and the batching and relevance flags) name."""
   if _DEMO.value == bool(_WORKDIR.value):
     raise app.UsageError('give exactly one of --workdir and --demo')
   kwargs = dict(
     buckets=[int(b) for b in _BUCKETS.value],
     max_batch=_MAX_BATCH.value,
     max_wait_ms=_MAX_WAIT_MS.value,
+    relevance_mode=_RELEVANCE_MODE.value,
   )
   if _DEMO.value:
     return service.demo_searcher(_CONFIG.value, _NUM_PRODUCTS.value or None, **kwargs)

@@ -6,7 +6,9 @@ the Beam pipeline (`export.embed.export_catalogue`), the index the index builder
 them (`export.index.build_from_export`: brute force below 50k products, as configured),
 and the served `Searcher` (`serving.service.searcher_from_workdir`) answering every query
 through `serving.batch.search_lines` with relevance control on: query understanding, the
-inverted index and filtered search. Nothing here searches or filters by itself.
+inverted index and filtered search, in either relevance mode (`filters.MODES`: backfill,
+lists of k with the satisfying products first; strict, the paper's filter, lists that
+may be shorter). Nothing here searches or filters by itself.
 
 What is written where: the run's own serving layout (`<workdir>/export/`, which
 `tools.export`, `tools.build_index` and `tools.serve --workdir` use) is never touched.
@@ -45,7 +47,7 @@ from make_jax import atomic_file
 from make_jax.export import embed, querylog
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
-from make_jax.serving import batch, service
+from make_jax.serving import batch, filters, service
 from make_jax.text import vocab as vocab_lib
 
 SERVED_DIR = 'served'  # Under the run's workdir: one view per catalogue (module docstring).
@@ -149,6 +151,7 @@ def rank_served(
   k: int,
   *,
   use_filters: bool = True,
+  relevance_mode: str = filters.DEFAULT_MODE,
   ranked_path: str | os.PathLike | None = None,
   max_batch: int = 64,
 ) -> dict[str, list[int]]:
@@ -162,8 +165,10 @@ def rank_served(
     k: results per query.
     use_filters: relevance control on (the served row) or off (the ablation, and the
       check against exact search).
+    relevance_mode: how filtered lists are completed (`filters.MODES`).
     ranked_path: also write the answers as `tools/search.py` does (JSON lines with scores,
-      path and the filters that applied), atomically.
+      whether each product satisfies the filter, path, mode and the filters that
+      applied), atomically.
     max_batch: queries the online encoder encodes per call.
 
   Returns:
@@ -171,7 +176,12 @@ def rank_served(
   """
   lay, params, step = prepare_view(workdir, builder)
   searcher = service.searcher_from_workdir(
-    lay.root, params=params, step=step, max_batch=max_batch, warmup=False
+    lay.root,
+    params=params,
+    step=step,
+    max_batch=max_batch,
+    warmup=False,
+    relevance_mode=relevance_mode,
   )
   try:
     lines, _ = batch.search_lines(searcher, list(queries), k, use_filters=use_filters)

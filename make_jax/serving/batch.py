@@ -4,8 +4,12 @@ The library half of `tools/search.py` (the evaluation reads its output): queries
 through the served `Searcher` in chunks (table hits first, misses encoded together), so
 what is evaluated is what is served. Output, one line per query, in input order:
 
-  {"query": "...", "product_ids": [...], "scores": [...], "path": "table"|"online",
+  {"query": "...", "product_ids": [...], "scores": [...], "satisfies_filter": [...],
+   "path": "table"|"online", "relevance_mode": "backfill"|"strict",
    "filters": {"brand": ["Nike"]}}
+
+`satisfies_filter[i]` is False for a product backfilled after the ones that satisfy the
+filter (`filters.BACKFILL`); all True when no filter applied.
 """
 
 import json
@@ -49,7 +53,9 @@ def search_lines(
         'query': answer.query,
         'product_ids': [r.product_id for r in answer.results],
         'scores': [round(r.score, 6) for r in answer.results],
+        'satisfies_filter': [r.satisfies_filter for r in answer.results],
         'path': answer.path,
+        'relevance_mode': answer.relevance_mode,
         'filters': answer.filters,
       }
       lines.append(json.dumps(record, ensure_ascii=False))

@@ -15,6 +15,15 @@ Open-source ScaNN compiles its restricts out, so the filter runs around the inde
   `benchmarks/bench_filters.py` (ScaNN tree-AH with exact re-ranking vs exact subset
   scoring, 2 CPU cores): see the numbers next to it.
 
+* Modes (`MODES`): `STRICT` is the paper's filter, the satisfying rows only, so a list is
+  shorter than k when fewer than k rows satisfy. `BACKFILL` (the default) puts those same
+  rows first and fills the list with the best rows that do not satisfy the filter, so it
+  is k long whenever the catalogue holds k rows: the index's top (k - m + n) rows (m
+  satisfying rows found, n in the subset) hold at least k - m outside the subset, in one
+  call; exact scoring of the rows outside the subset if the index answers fewer rows than
+  asked (an approximate index may). `FilteredResult.num_satisfying` says where the
+  satisfying prefix ends.
+
 A query with no restricted term is not filtered. Every result says what applied:
 `FilteredResult.strategy` ('none', 'exact_subset', 'overfetch') and the `Filter` itself.
 """
@@ -40,6 +49,20 @@ from make_jax.serving import query_understanding as qu
 EXACT_MAX_VALUES = 2**20
 OVERFETCH_MARGIN = 2.0  # Fetch this many times the rows the subset's share predicts.
 OVERFETCH_GROWTH = 4  # Factor by which the fetch grows while fewer than k survive.
+
+# How relevance control completes a list (module docstring): the one vocabulary of the
+# Searcher, the server's `relevance_mode` parameter, the tools' flags and the served rows.
+BACKFILL = 'backfill'  # Satisfying rows first, then the best of the rest: k long.
+STRICT = 'strict'  # The paper's AND filter: satisfying rows only (may be fewer than k).
+MODES = (BACKFILL, STRICT)
+DEFAULT_MODE = BACKFILL
+
+
+def check_mode(mode: str) -> str:
+  """`mode` if it is one of `MODES`; else ValueError."""
+  if mode not in MODES:
+    raise ValueError(f'relevance mode must be one of {", ".join(MODES)}; got {mode!r}')
+  return mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +150,13 @@ class FilteredResult:
   scores: np.ndarray  # float32 [<=k] inner products.
   strategy: str  # 'none' (no filter), 'exact_subset', 'overfetch' or 'table'.
   candidates: int  # Rows that satisfy the filter (catalogue size when unfiltered).
-  fetched: int  # Rows asked of the ANN index (0 for exact subset scoring).
+  fetched: int  # Rows asked of the ANN index (0 for exact subset scoring alone).
+  num_satisfying: int  # rows[:num_satisfying] satisfy the filter; the rest are backfill.
+
+  @property
+  def satisfies(self) -> np.ndarray:
+    """bool [len(rows)]: whether each row satisfies the filter."""
+    return np.arange(len(self.rows)) < self.num_satisfying
 
 
 class FilteredSearch:
@@ -177,16 +206,24 @@ class FilteredSearch:
     idx, vals = index_lib.top_k(scores[None], k)
     return rows[idx[0]], vals[0]
 
-  def search(self, query: np.ndarray, filt: Filter, k: int) -> FilteredResult:
-    """Top-k rows of `query` [d] (L2-normalised) that satisfy `filt`."""
-    n = self.size
+  def search(
+    self, query: np.ndarray, filt: Filter, k: int, *, mode: str = DEFAULT_MODE
+  ) -> FilteredResult:
+    """Top-k rows of `query` [d] (L2-normalised) under `filt`, completed as `mode` says."""
+    check_mode(mode)
     allowed = self.inverted.rows(filt)
+    found = self._satisfying(query, allowed, k)
+    return found if mode == STRICT else self._backfill(query, allowed, found, k)
+
+  def _satisfying(self, query: np.ndarray, allowed: np.ndarray | None, k: int) -> FilteredResult:
+    """Top-k rows among `allowed` (None: all rows): the strict filter."""
+    n = self.size
     if allowed is None:
       rows, scores = self.index.search(np.asarray(query, np.float32)[None], k)
-      return FilteredResult(rows[0], scores[0], 'none', n, k)
+      return FilteredResult(rows[0], scores[0], 'none', n, k, len(rows[0]))
     if len(allowed) <= self.exact_max_rows:
       rows, scores = self.exact(query, allowed, k)
-      return FilteredResult(rows, scores, 'exact_subset', len(allowed), 0)
+      return FilteredResult(rows, scores, 'exact_subset', len(allowed), 0, len(rows))
     fetch = min(n, math.ceil(self.overfetch_margin * k * n / len(allowed)))
     while True:
       rows, scores = self.index.search(np.asarray(query, np.float32)[None], fetch)
@@ -194,15 +231,43 @@ class FilteredSearch:
       if keep.sum() >= k or fetch >= n:
         break
       fetch = min(n, fetch * OVERFETCH_GROWTH)
-    return FilteredResult(rows[0][keep][:k], scores[0][keep][:k], 'overfetch', len(allowed), fetch)
+    rows, scores = rows[0][keep][:k], scores[0][keep][:k]
+    return FilteredResult(rows, scores, 'overfetch', len(allowed), fetch, len(rows))
+
+  def _backfill(
+    self, query: np.ndarray, allowed: np.ndarray | None, found: FilteredResult, k: int
+  ) -> FilteredResult:
+    """`found` (satisfying rows), then the best rows outside `allowed`, to min(k, N) rows."""
+    need = min(k, self.size) - len(found.rows)
+    if allowed is None or need <= 0:
+      return found
+    # At most len(allowed) of the index's top rows are in the subset.
+    fetch = min(self.size, need + len(allowed))
+    rows, scores = self.index.search(np.asarray(query, np.float32)[None], fetch)
+    outside = ~is_member(allowed, rows[0])
+    rows, scores = rows[0][outside][:need], scores[0][outside][:need]
+    if len(rows) < need:  # The index answered fewer rows than asked.
+      rest = np.setdiff1d(np.arange(self.size), allowed, assume_unique=True)
+      rows, scores = self.exact(query, rest, need)
+    return dataclasses.replace(
+      found,
+      rows=np.concatenate([found.rows, rows]),
+      scores=np.concatenate([found.scores, scores]),
+      fetched=found.fetched + fetch,
+    )
 
   def filter_ranked(self, rows: np.ndarray, scores: np.ndarray, filt: Filter, k: int):
-    """Keeps the (already ranked) `rows` that satisfy `filt`, at most k: the table path."""
+    """Keeps the (already ranked) `rows` that satisfy `filt`, at most k: the table path.
+
+    Strict only: a table that holds fewer than k satisfying rows is the Searcher's cue to
+    answer online, where `search` completes the list in either mode.
+    """
     allowed = self.inverted.rows(filt)
     if allowed is None:
-      return FilteredResult(rows[:k], scores[:k], 'none', self.size, 0)
+      return FilteredResult(rows[:k], scores[:k], 'none', self.size, 0, len(rows[:k]))
     keep = is_member(allowed, rows)
-    return FilteredResult(rows[keep][:k], scores[keep][:k], 'table', len(allowed), 0)
+    rows, scores = rows[keep][:k], scores[keep][:k]
+    return FilteredResult(rows, scores, 'table', len(allowed), 0, len(rows))
 
 
 class RelevanceControl:

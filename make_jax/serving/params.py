@@ -7,7 +7,8 @@ input becomes a `BadRequest` with a message (the server answers it with a 400):
 
   missing, repeated, empty or whitespace-only `q`; invalid UTF-8 anywhere; control
   characters (Unicode category Cc: NUL, tab, newline, DEL, C1) in `q`; `q` longer than
-  `max_query_chars`; `k` repeated, not a decimal integer, or outside [1, max_k].
+  `max_query_chars`; `k` repeated, not a decimal integer, or outside [1, max_k];
+  `relevance_mode` repeated or not one of `filters.MODES` (absent: the searcher's own).
 
 Unknown parameters are ignored.
 """
@@ -15,6 +16,8 @@ Unknown parameters are ignored.
 import dataclasses
 import unicodedata
 import urllib.parse
+
+from make_jax.serving import filters
 
 MAX_QUERY_CHARS = 256
 MAX_K = 100
@@ -31,6 +34,7 @@ class SearchParams:
 
   q: str
   k: int
+  relevance_mode: str | None = None  # `filters.MODES`; None: the searcher's.
 
 
 def parse_query_string(raw: bytes) -> dict[str, list[str]]:
@@ -67,7 +71,7 @@ def parse_search(
   max_k: int = MAX_K,
   default_k: int = DEFAULT_K,
 ) -> SearchParams:
-  """Validated (q, k) of a `/search` query string; raises `BadRequest` (see module doc)."""
+  """Validated parameters of a `/search` query string; raises `BadRequest` (module doc)."""
   params = parse_query_string(raw)
   q = _one(params, 'q')
   if q is None:
@@ -91,4 +95,9 @@ def parse_search(
     if len(digits) > 9 or not 1 <= int(digits) <= max_k:
       raise BadRequest(f"parameter 'k' must be in [1, {max_k}]; got {digits[:20]}")
     k = int(digits)
-  return SearchParams(q=q, k=k)
+  mode = _one(params, 'relevance_mode')
+  if mode is not None and mode not in filters.MODES:
+    raise BadRequest(
+      f"parameter 'relevance_mode' must be one of {', '.join(filters.MODES)}; got {mode[:20]!r}"
+    )
+  return SearchParams(q=q, k=k, relevance_mode=mode)

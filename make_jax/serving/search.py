@@ -6,14 +6,21 @@ The path of one query:
    query names become a `Filter` (empty when it names none).
 2. Table path: the query's words (`TextPreprocessor.words`; the offline job keyed each
    logged query by its sorted words, and its qid) are looked up in the offline top-K
-   table; its products are kept in rank order when they satisfy the filter. If a filter leaves fewer than k of them, the online path answers
-   instead (`fallback_reason='table_short_after_filter'`).
+   table; its products are kept in rank order when they satisfy the filter. If a filter
+   leaves fewer than k of them, the online path answers instead
+   (`fallback_reason='table_short_after_filter'`), as it does in backfill mode for a table
+   row shorter than k (`'table_short'`): the table holds only its own top-K, so the best
+   satisfying products beyond it, and the rest to backfill with, are the online path's.
 3. Online path (a miss): the query is encoded (`encoder.BatchingQueryEncoder`, batched
    with concurrent requests) and searched with the filter (`filters.FilteredSearch`:
-   exact over a small matching subset, over-fetch and filter over a large one).
+   exact over a small matching subset, over-fetch and filter over a large one), the list
+   completed as the relevance mode says (`filters.MODES`: `backfill`, the default, fills
+   it to k with the best products that do not satisfy the filter; `strict` does not).
 
-Each `Answer` says which path served it, the strategy, the filter that applied (with the
-query words that asked for it) and how long each stage took.
+So in both modes the products that satisfy the filter are the same, first and in the
+same order; each `Result` says whether it satisfies the filter. Each `Answer` says which
+path served it, the strategy, the mode, the filter that applied (with the query words
+that asked for it) and how long each stage took.
 """
 
 import dataclasses
@@ -53,6 +60,7 @@ class Result:
   score: float
   title_weight: float | None  # Modal Adaptation weights of the product (None if unknown).
   image_weight: float | None
+  satisfies_filter: bool  # False for a backfilled product (True for all when unfiltered).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Answer:
   path: str  # 'table' or 'online'.
   fallback_reason: str | None  # Why the online path answered: 'table_miss', ...
   strategy: str  # How the filter ran: 'none', 'table', 'exact_subset', 'overfetch'.
+  relevance_mode: str  # 'backfill' or 'strict' (`filters.MODES`).
   filters: dict[str, list[str]]  # field -> values that applied (ORed; fields ANDed).
   matched_terms: dict[str, str]  # 'field: value' -> the query words that named it.
   candidates: int  # Products that satisfy the filter.
@@ -88,6 +97,7 @@ class Searcher:
     encoder: QueryEncoder | None = None,
     table: index_lib.QueryTable | None = None,
     modal_weights: np.ndarray | None = None,
+    relevance_mode: str = filters.DEFAULT_MODE,
   ):
     """Args:
     catalogue: products by row (the rows of the index and the embeddings).
@@ -98,6 +108,8 @@ class Searcher:
     encoder: online query encoder; None serves table hits only (misses raise).
     table: offline query words -> top-K table; None sends every query online.
     modal_weights: float32 [N, 2] (title, image) weights of each product, or None.
+    relevance_mode: how a filtered list is completed unless a search says otherwise
+      (`filters.MODES`).
     """
     if len(catalogue) != filtered.size:
       raise ValueError(f'catalogue has {len(catalogue)} rows, the index {filtered.size}')
@@ -110,24 +122,35 @@ class Searcher:
     self.encoder = encoder
     self.table = table
     self.modal_weights = modal_weights
+    self.relevance_mode = filters.check_mode(relevance_mode)
 
-  def search(self, query: str, k: int, *, use_filters: bool = True) -> Answer:
-    """Top-k products of `query` (raises ValueError for k < 1).
+  def search(
+    self, query: str, k: int, *, use_filters: bool = True, relevance_mode: str | None = None
+  ) -> Answer:
+    """Top-k products of `query` (raises ValueError for k < 1 or an unknown mode).
 
     use_filters=False skips relevance control (the unfiltered ablation).
+    relevance_mode: `filters.MODES`; None: the Searcher's.
     """
-    return self._search(query, k, None, use_filters)
+    mode = self.relevance_mode if relevance_mode is None else relevance_mode
+    return self._search(query, k, None, use_filters, mode)
 
   def search_batch(
-    self, queries: Sequence[str], k: int, *, use_filters: bool = True
+    self,
+    queries: Sequence[str],
+    k: int,
+    *,
+    use_filters: bool = True,
+    relevance_mode: str | None = None,
   ) -> list[Answer]:
     """Answers of many queries; the online ones are encoded together (batch jobs)."""
+    mode = filters.check_mode(self.relevance_mode if relevance_mode is None else relevance_mode)
     misses = [i for i, q in enumerate(queries) if self._table_rows(q, k) is None]
     emb = {}
     if misses and self.encoder is not None:
       encoded = self.encoder.encode_now([queries[i] for i in misses])
       emb = dict(zip(misses, encoded, strict=True))
-    return [self._search(q, k, emb.get(i), use_filters) for i, q in enumerate(queries)]
+    return [self._search(q, k, emb.get(i), use_filters, mode) for i, q in enumerate(queries)]
 
   # --- Paths -----------------------------------------------------------------------------
 
@@ -142,9 +165,12 @@ class Searcher:
     known = rows >= 0  # Products gone from the catalogue since the table was built.
     return rows[known], np.asarray(scores, np.float32)[known]
 
-  def _search(self, query: str, k: int, embedding: np.ndarray | None, use_filters: bool) -> Answer:
+  def _search(
+    self, query: str, k: int, embedding: np.ndarray | None, use_filters: bool, mode: str
+  ) -> Answer:
     if k < 1:
       raise ValueError(f'k must be >= 1; got {k}')
+    filters.check_mode(mode)
     t0 = time.perf_counter()
     latency = {}
     filt, matches = self.relevance.understand(query) if use_filters else (filters.Filter(), [])
@@ -156,8 +182,8 @@ class Searcher:
     latency['table'] = t2 - t1
     if hit is not None:
       found = self.filtered.filter_ranked(hit[0], hit[1], filt, k)
-      if filt and len(found.rows) < k:
-        found, reason = None, 'table_short_after_filter'
+      if len(found.rows) < k and (filt or mode == filters.BACKFILL):
+        found, reason = None, 'table_short_after_filter' if filt else 'table_short'
       else:
         path, reason = PATH_TABLE, None
     if found is None:
@@ -167,7 +193,7 @@ class Searcher:
         embedding = self.encoder.encode(query)
       t3 = time.perf_counter()
       latency['encode'] = t3 - t2
-      found = self.filtered.search(embedding, filt, k)
+      found = self.filtered.search(embedding, filt, k, mode=mode)
       latency['search'] = time.perf_counter() - t3
     latency['total'] = time.perf_counter() - t0
     return Answer(
@@ -176,16 +202,19 @@ class Searcher:
       path=path,
       fallback_reason=reason,
       strategy=found.strategy,
+      relevance_mode=mode,
       filters=filt.as_dict(),
       matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
       candidates=int(found.candidates),
-      results=self._results(found.rows, found.scores),
+      results=self._results(found),
       latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
     )
 
-  def _results(self, rows: np.ndarray, scores: np.ndarray) -> list[Result]:
+  def _results(self, found: filters.FilteredResult) -> list[Result]:
     out = []
-    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+    for row, score, satisfies in zip(
+      found.rows.tolist(), found.scores.tolist(), found.satisfies.tolist(), strict=True
+    ):
       w = None if self.modal_weights is None else self.modal_weights[row]
       out.append(
         Result(
@@ -194,6 +223,7 @@ class Searcher:
           score=float(score),
           title_weight=None if w is None else float(w[0]),
           image_weight=None if w is None else float(w[1]),
+          satisfies_filter=satisfies,
         )
       )
     return out

@@ -3,8 +3,10 @@
 FastAPI (run by uvicorn, `tools/serve.py`) around one `search.Searcher`:
 
   GET /search?q=...&k=...  top-k products as JSON: id, title, score, the product's
-                           title/image Modal Adaptation weights, image URL; the filters
-                           that applied, the path (table/online), the strategy, latency.
+      [&relevance_mode=]   title/image Modal Adaptation weights, image URL, whether it
+                           satisfies the filter; the filters that applied, the relevance
+                           mode (backfill/strict; default the searcher's), the path
+                           (table/online), the strategy, latency.
   GET /                    the search page (static/: plain HTML/JS/CSS, no external asset).
   GET /image/{product_id}  the product's image bytes (404 if it has none).
   GET /healthz             liveness and what is loaded.
@@ -123,7 +125,7 @@ def create_app(
       metrics.errors.labels('bad_request').inc()
       return _error(400, str(e))
     try:
-      answer = searcher.search(p.q, p.k)
+      answer = searcher.search(p.q, p.k, relevance_mode=p.relevance_mode)
     except LookupError as e:
       metrics.errors.labels('unavailable').inc()
       return _error(503, str(e))
@@ -149,6 +151,7 @@ def create_app(
       'restricted_fields': list(searcher.catalogue.restricted_fields),
       'table': searcher.table is not None,
       'online_encoder': searcher.encoder is not None,
+      'relevance_mode': searcher.relevance_mode,
     }
 
   @app.get('/metrics')

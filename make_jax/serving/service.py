@@ -157,7 +157,7 @@ def searcher_from_workdir(
     params: the model's params (`train.checkpoint.latest_params`); None serves table hits
       only.
     step: the checkpoint step of `params` (None: not checked).
-    **kwargs: `build_searcher`'s batching options.
+    **kwargs: `build_searcher`'s batching options and relevance mode.
 
   Raises:
     ManifestError: an artefact is missing, unfinished or made for another model; the
@@ -242,8 +242,13 @@ def build_searcher(
   max_batch: int = 8,
   max_wait_ms: float = 2.0,
   warmup: bool = True,
+  relevance_mode: str = filters.DEFAULT_MODE,
 ) -> search.Searcher:
-  """A Searcher over the parts (params None: table hits only, misses answer 503)."""
+  """A Searcher over the parts (params None: table hits only, misses answer 503).
+
+  relevance_mode: how filtered lists are completed (`filters.MODES`; a search may ask
+  for the other).
+  """
   relevance = filters.RelevanceControl(catalogue.restricted_columns())
   filtered = filters.FilteredSearch(
     index or index_lib.ExactIndex(embeddings), embeddings, relevance.inverted
@@ -269,6 +274,7 @@ def build_searcher(
     encoder=enc,
     table=table,
     modal_weights=modal_weights,
+    relevance_mode=relevance_mode,
   )
 
 

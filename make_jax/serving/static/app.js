@@ -1,6 +1,7 @@
 // The search page's logic: reads the form, calls /search, renders the answer.
 // Plain browser JavaScript; the query is kept in the URL (?q=&k=) so a result page can be
-// shared and reloaded.
+// shared and reloaded. A `relevance_mode` in the page's URL (backfill or strict) is passed
+// on to /search; without it the server's mode answers.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -40,6 +41,12 @@ function renderSummary(answer) {
     filters.append(el('span', { class: 'chip' }, `${field}: ${values.join(' | ')}`));
   }
   summary.append(filters);
+  // Backfilled products (after those that satisfy the filters) are counted and marked.
+  const outside = answer.results.filter((r) => !r.satisfies_filter).length;
+  if (outside > 0) {
+    summary.append(el('span', { id: 'outside-count', class: 'none' },
+                      ` · ${outside} outside the filters`));
+  }
 }
 
 function renderResults(answer) {
@@ -53,10 +60,17 @@ function renderResults(answer) {
       bar.append(el('div', { class: 't', style: `width:${100 * r.title_weight}%` }),
                  el('div', { class: 'i', style: `width:${100 * r.image_weight}%` }));
     }
-    grid.append(el('article', { class: 'card' },
+    const meta = el('div', { class: 'meta' }, `#${r.product_id} · score ${r.score.toFixed(3)}`);
+    if (!r.satisfies_filter) {
+      meta.append(' · ', el('span', {
+        class: 'outside-mark',
+        title: 'does not satisfy the filters: shown after the products that do',
+      }, 'outside filters'));
+    }
+    grid.append(el('article', { class: r.satisfies_filter ? 'card' : 'card outside' },
       img,
       el('div', { class: 'title' }, r.title),
-      el('div', { class: 'meta' }, `#${r.product_id} · score ${r.score.toFixed(3)}`),
+      meta,
       bar,
       el('div', { class: 'legend' },
          `title ${pct(r.title_weight)} · image ${pct(r.image_weight)}`),
@@ -67,11 +81,17 @@ function renderResults(answer) {
 // Each search has a number; an answer that arrives after a newer search began is dropped,
 // so the page always shows the last query's answer.
 let latestSearch = 0;
+const relevanceMode = new URLSearchParams(location.search).get('relevance_mode');
+
+function searchParams(q, k) {
+  const params = `q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`;
+  return relevanceMode ? `${params}&relevance_mode=${encodeURIComponent(relevanceMode)}` : params;
+}
 
 async function runSearch(q, k) {
   const mine = ++latestSearch;
   $('error').hidden = true;
-  const url = `/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`;
+  const url = `/search?${searchParams(q, k)}`;
   let response;
   try {
     response = await fetch(url);
@@ -100,7 +120,7 @@ $('search-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const q = $('q').value;
   const k = $('k').value || '20';
-  history.replaceState(null, '', `/?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`);
+  history.replaceState(null, '', `/?${searchParams(q, k)}`);
   runSearch(q, k);
 });
 
