@@ -1,6 +1,6 @@
 r"""Base configuration: text encoders of the shape of all-MiniLM-L6-v2, a small ResNet.
 
-Run (once a trainer lands):
+Run:
   python -m tools.train --config=configs/base.py --workdir=/tmp/make_base
 
 Every other config imports this one and overrides a few fields, so this file is the
@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.title_len = 48  # Title tokens incl. [CLS]/[SEP].
   c.text.sort_words = True  # Sort segmented words lexicographically (SPEC 2.3).
   c.text.strip_accents = False  # Strip accents before WordPiece; True for BERT uncased vocabs.
+  # Encode punctuation between words (one piece per mark, as BERT's tokenizer does) for a
+  # pretrained checkpoint; words, keywords and qids never include it.
+  c.text.keep_punctuation = False
 
   # --- Model (SPEC section 3) ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -79,6 +82,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # projected title [CLS] alone (no image encoder, fusion or MA; weights (1, 0)); the image
   # losses (loss.weights mpm, mpm_r) must then be 0.
   c.model.product_image = True
+  # The pretrained start (SPEC 8): at step 0 a model imported from a sentence-embedding
+  # checkpoint ranks products as the checkpoint does on its own (configs/finetune.py).
+  # Token outputs -> one vector: 'cls' (the [CLS] output) or 'mean' (the mean of the real
+  # tokens, as all-MiniLM-L6-v2 was trained); --init_from a sentence-transformers
+  # directory sets it from the checkpoint's 1_Pooling/config.json.
+  c.model.pooling = 'cls'
+  # 'normal' (random projections) or 'identity': the query/title projections start as the
+  # identity (needs embed_dim == hidden_size) and the image projection at zero.
+  c.model.projection_init = 'normal'
+  # True: the projected title and image vectors are the MA fusion layers' outputs. False:
+  # the fusion only feeds the gate, and the product embedding mixes the encoders' own
+  # pooled vectors (a pretrained title tower then reaches the embedding unchanged).
+  c.model.fusion_feeds_embedding = True
+  # a_image of every product at step 0 (gate kernel 0, bias (0, logit w)), learned from
+  # there; -1: a randomly initialised gate.
+  c.model.initial_image_weight = -1.0
 
   # --- Masking for MLM / MPM and Keyword Enhancement (SPEC sections 3, 4) ---------------
   c.masking = ml_collections.ConfigDict()
@@ -119,6 +138,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.98  # AdamW beta2.
   c.optim.weight_decay = 0.01  # AdamW decoupled weight decay.
   c.optim.grad_clip_norm = 1.0  # Global gradient-norm clip (0: none).
+  # A pretrained start (SPEC 8): > 0 gives the top-level modules `pretrained_modules` (the
+  # imported text encoders) an AdamW group of their own with this peak rate and warm-up
+  # share; everything else learns at `learning_rate`. 0: one group.
+  c.optim.pretrained_learning_rate = 0.0
+  c.optim.pretrained_warmup_fraction = 0.1
+  c.optim.pretrained_modules = ('query_encoder', 'title_encoder')
 
   # --- Training loop ---------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()

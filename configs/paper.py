@@ -1,6 +1,6 @@
 r"""Paper-scale configuration (SPEC section 6): 12 layers, 768 hidden, 12 heads per encoder.
 
-Run on an accelerator cluster (once a trainer lands):
+Run on an accelerator cluster:
   python -m tools.train --config=configs/paper.py --workdir=gs://bucket/make_paper
 
 ResNet-101 image backbone, bfloat16 compute, AdamW(0.9, 0.98), lr 1e-4 warmed up over 20%

@@ -1,6 +1,6 @@
 r"""Tiny configuration for one CPU: 2-layer encoders, a narrow ResNet-18, small batches.
 
-Run (once a trainer lands):
+Run:
   python -m tools.train --config=configs/tiny.py --workdir=/tmp/make_tiny
 
 Used by the quickstart and the tests; a training step runs in well under a second on CPU.

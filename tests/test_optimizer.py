@@ -90,3 +90,43 @@ def test_clipping_bounds_the_gradient_seen_by_adam():
   # mu = (1 - b1) * g: the clipped gradient has norm 1 (entries 0.5).
   assert moments[0.0] == pytest.approx(0.1 * 100.0, rel=1e-6)
   assert moments[1.0] == pytest.approx(0.1 * 0.5, rel=1e-6)
+
+
+def test_pretrained_modules_learn_at_their_own_rate():
+  """Two AdamW groups: Adam's first step moves every weight by its group's rate."""
+  optim = _optim(
+    learning_rate=1e-2,
+    warmup_fraction=0.0,
+    pretrained_learning_rate=1e-4,
+    pretrained_warmup_fraction=0.5,
+    pretrained_modules=('query_encoder', 'title_encoder'),
+    weight_decay=0.0,
+    grad_clip_norm=0.0,
+  )
+  params = {
+    'query_encoder': {'kernel': jnp.ones((2, 3))},
+    'title_encoder': {'bias': jnp.ones((3,))},
+    'query_proj': {'kernel': jnp.ones((3, 3))},
+  }
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  tx = optimizer.make_optimizer(optim, 10)
+  state = tx.init(params)
+  rates = []
+  for _ in range(6):
+    updates, state = tx.update(grads, state, params)
+    rates.append({k: float(-v[next(iter(v))].ravel()[0]) for k, v in updates.items()})
+  # New parts: peak at once (no warm-up), then linear decay over 10 steps.
+  np.testing.assert_allclose(
+    [r['query_proj'] for r in rates], 1e-2 * (1 - np.arange(6) / 10), rtol=1e-3
+  )
+  # Pretrained: warm-up over 5 steps to 1e-4, in both encoders.
+  for name in ('query_encoder', 'title_encoder'):
+    np.testing.assert_allclose(
+      [r[name] for r in rates], 1e-4 * np.arange(6) / 5, rtol=1e-3, atol=1e-9
+    )
+  labels = optimizer.param_groups(optim, params)
+  assert labels == {
+    'query_encoder': {'kernel': 'pretrained'},
+    'title_encoder': {'bias': 'pretrained'},
+    'query_proj': {'kernel': 'new'},
+  }

@@ -151,3 +151,33 @@ def test_pickle_round_trip(pre):
   np.testing.assert_array_equal(
     clone.encode('红色 red dress', 8)[0], pre.encode('红色 red dress', 8)[0]
   )
+
+
+def test_keep_punctuation_encodes_as_the_checkpoints_tokenizer():
+  """With keep_punctuation and the reading order, all-MiniLM-L6-v2's vocabulary gives the ids
+  of its own tokenizer; words and qid are those without punctuation."""
+  import tokenizers
+
+  from make_jax.models import bert_import
+
+  path = bert_import.default_checkpoint_dir()
+  reference = tokenizers.Tokenizer.from_file(str(path / 'tokenizer.json'))
+  reference.no_padding()
+  kw = dict(sort_words=False, strip_accents=True, domain_words=['Red Chief'])
+  pre = TextPreprocessor.from_vocab_file(path / 'vocab.txt', keep_punctuation=True, **kw)
+  plain = TextPreprocessor.from_vocab_file(path / 'vocab.txt', **kw)
+  for text in (
+    "Nike Men's Downshifter White/Blue Shoe",
+    'Reebok Orange & White Striped Polo T-shirt',
+    'Quechua Forclaz Large  Backpack - 50 ltr (Orange)',
+    'Red Chief café_crème 2.5mm!!',
+  ):
+    ids, mask = pre.encode(text, 64)
+    assert list(ids[: mask.sum()]) == reference.encode(text).ids, text
+    assert pre.words(text) == plain.words(text)
+    assert pre.qid(text) == plain.qid(text)
+  # Sorted words still sort, punctuation marks among them.
+  sorted_pre = TextPreprocessor.from_vocab_file(
+    path / 'vocab.txt', keep_punctuation=True, strip_accents=True
+  )
+  assert sorted_pre.encoding_words('b & a') == ['&', 'a', 'b']

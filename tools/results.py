@@ -43,7 +43,12 @@ _KS = flags.DEFINE_list('ks', ['10', '100', '1000'], 'Recall cut-offs.')
 _JUDGED_KS = flags.DEFINE_list('judged_ks', ['10'], 'P_rel / P_cate cut-offs.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).')
 _TRAIN = flags.DEFINE_bool('train', False, 'Train the trained rows (long) before scoring them.')
-_INIT_FROM = flags.DEFINE_string('init_from', '', 'Pretrained params for the trained rows.')
+_FINETUNE_CONFIG = config_flags.DEFINE_config_file(
+  'finetune_config', 'configs/finetune.py', 'Config of the pretrained rows (minilm_*).'
+)
+_INIT_FROM = flags.DEFINE_string(
+  'init_from', '', 'Pretrained params for the from-scratch rows (the minilm_* rows name theirs).'
+)
 
 
 @functools.cache  # The figures read the splits the table was scored on.
@@ -56,14 +61,17 @@ def _train(row: results.Row, workdir: pathlib.Path) -> None:
   from make_jax import atomic_file
   from make_jax.train import loop
 
-  # The rows share one vocabulary: the first row learns it, the others read its copy.
+  # The from-scratch rows share one vocabulary: the first row learns it, the others read
+  # its copy. A pretrained row tokenises with its checkpoint's vocabulary.
   shared_vocab = workdir.parent / 'vocab.txt'
+  base = _FINETUNE_CONFIG.value if row.config == 'finetune' else _CONFIG.value
+  learns = not row.init_from and not base.text.vocab_path
   data = {'data.data_dir': _DATA_DIR.value, 'data.manual_dir': _MANUAL_DIR.value}
-  if not _CONFIG.value.text.vocab_path and shared_vocab.exists():
+  if learns and shared_vocab.exists():
     data['text.vocab_path'] = str(shared_vocab)
-  config = results.apply_overrides(results.apply_overrides(_CONFIG.value, data), row.overrides)
-  loop.train_and_evaluate(config, workdir, init_from=_INIT_FROM.value)
-  if not shared_vocab.exists():
+  config = results.apply_overrides(results.apply_overrides(base, data), row.overrides)
+  loop.train_and_evaluate(config, workdir, init_from=row.init_from or _INIT_FROM.value)
+  if learns and not shared_vocab.exists():
     atomic_file.write_bytes(shared_vocab, (workdir / 'vocab.txt').read_bytes())
 
 

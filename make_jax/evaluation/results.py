@@ -18,15 +18,24 @@ Rows (`ROWS`; config fields from configs/base.py):
 - `make_cdns` (+ `cdns_start_fraction=0.5`), `make_mbns` (+ `w_mbns=0.25`, `bank_batches=8`,
   `bank_start_fraction=0.5`: the queue counts from half-way), `make_mpm_r` (MPM_R instead
   of MPM), `make_all` (the three).
-- `best_relevance_control`: the trained row with the best default/test Recall@100 (a
-  selection on test: the results carry no validation scores), served as
-  `tools/search` serves it: its newest checkpoint exported and indexed per catalogue,
-  every query answered online by the searcher with relevance control (attribute filters
-  around the index); `evaluation/served.py`.
+- `best_relevance_control`, `best_relevance_backfill`: the trained row with the best
+  default/test Recall@100 (a selection on test: the results carry no validation scores),
+  served as `tools/search` serves it: its newest checkpoint exported and indexed per
+  catalogue, every query answered online by the searcher with relevance control
+  (attribute filters around the index); `evaluation/served.py`. The first row filters
+  strictly (the paper's filter: lists may be shorter than K), the second backfills (the
+  serving default: satisfying products first, then the best of the rest, K long); both
+  read the same served view.
 
-Trained rows run `make_jax.train.loop.train_and_evaluate` on the `default` config's train
-split at the scale of configs/results.py (every row the same data, width and step budget;
-the row changes only its fields), one workdir per row under `<out>/runs/`, and are
+Pretrained rows (`minilm_*`, the table's first section) start from all-MiniLM-L6-v2 at the
+scale of configs/finetune.py (`--init_from=minilm`): the text-only two-tower (QPM alone),
+MAKE (QPM + QPC, image tower and Modal Adaptation from a title-only start), and MAKE with
+the MBNS queue from step 0 (the paper's reading for a pretrained start).
+
+The from-scratch rows (the ablation section) run `make_jax.train.loop.train_and_evaluate`
+on the `default` config's train split at the scale of configs/results.py (every row the
+same data, width and step budget; the row changes only its fields), one workdir per row
+under `<out>/runs/`, and are
 evaluated by exact search over the catalogue with the run's newest checkpoint, vocabulary
 and domain words. CDNS only differs from in-batch negatives with more than one device:
 the scale uses `parallelism=pmap` over 8 (fake, on CPU) devices.
@@ -51,6 +60,7 @@ import numpy as np
 from make_jax import atomic_file
 from make_jax.evaluation import baselines, evaluate, served, sources
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.serving import filters
 
 SPLITS = (('default', 'test'), ('hide_colour', 'test'))
 _MAKE = {
@@ -88,11 +98,35 @@ class Row:
   kind: str  # 'bm25' | 'minilm' | 'trained' | 'served' | 'pending'.
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   note: str = ''  # Why a 'pending' row cannot run yet.
+  relevance_mode: str = filters.DEFAULT_MODE  # 'served' rows: `filters.MODES`.
+  # Trained rows: the config they start from ('results': configs/results.py, the
+  # from-scratch ablations; 'finetune': configs/finetune.py) and their pretrained start.
+  config: str = 'results'
+  init_from: str = ''
 
+
+# The pretrained section: configs/finetune.py from the packaged all-MiniLM-L6-v2. One device,
+# so every query's in-batch negatives are the whole global batch (what CDNS gives on many).
+_FROM_MINILM = {'config': 'finetune', 'init_from': 'minilm'}
 
 ROWS = (
   Row('bm25', 'BM25 (titles)', 'bm25'),
   Row('minilm', 'all-MiniLM-L6-v2, untrained', 'minilm'),
+  Row(
+    'minilm_two_tower_text',
+    'Two-tower, text only, from MiniLM',
+    'trained',
+    {'model.product_image': False, 'loss.weights.qpc': 0.0},
+    **_FROM_MINILM,
+  ),
+  Row('minilm_make', 'MAKE from MiniLM', 'trained', {}, **_FROM_MINILM),
+  Row(
+    'minilm_make_mbns',
+    'MAKE from MiniLM + MBNS',
+    'trained',
+    {'loss.w_mbns': 0.25, 'loss.bank_batches': 8, 'loss.bank_start_fraction': 0.0},
+    **_FROM_MINILM,
+  ),
   Row('two_tower_text', 'Two-tower, text only, in-batch negatives', 'trained', _TWO_TOWER),
   Row('make', 'MAKE', 'trained', _MAKE),
   Row('make_cdns', 'MAKE + CDNS', 'trained', _MAKE | {'loss.cdns_start_fraction': 0.5}),
@@ -115,7 +149,18 @@ ROWS = (
       'loss.weights.mpm_r': 1.0,
     },
   ),
-  Row('best_relevance_control', 'Best row + relevance control', 'served'),
+  Row(
+    'best_relevance_control',
+    'Best row + relevance control (strict)',
+    'served',
+    relevance_mode=filters.STRICT,
+  ),
+  Row(
+    'best_relevance_backfill',
+    'Best row + relevance control (backfill)',
+    'served',
+    relevance_mode=filters.BACKFILL,
+  ),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 TRAINED_ROWS = tuple(r.name for r in ROWS if r.kind == 'trained')
@@ -155,12 +200,7 @@ def rank_trained(
 
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   words = (workdir / 'domain_words.txt').read_text(encoding='utf-8').splitlines()
-  text = TextPreprocessor.from_vocab_file(
-    workdir / 'vocab.txt',
-    sort_words=config.text.sort_words,
-    strip_accents=config.text.strip_accents,
-    domain_words=[w for w in words if w],
-  )
+  text = TextPreprocessor.from_config(config.text, workdir / 'vocab.txt', [w for w in words if w])
   params, _ = checkpoint.latest_params(workdir, config)
   # Rows trained on the same data learn the same vocabulary: they share the catalogue.
   key = hashlib.sha256(
@@ -171,6 +211,7 @@ def rank_trained(
         config.text.title_len,
         config.text.sort_words,
         config.text.strip_accents,
+        config.text.get('keep_punctuation', False),
       ]
     ).encode()
     + (workdir / 'vocab.txt').read_bytes()
@@ -302,7 +343,12 @@ def run_results(
         ranked_path = out_dir / row.name / f'{config_name}_{split}.jsonl'
         if row.kind == 'served':  # Writes its ranked lines itself (scores, filters).
           rankings = served.rank_served(
-            workdir, builder, es.queries, max(ks), ranked_path=ranked_path
+            workdir,
+            builder,
+            es.queries,
+            max(ks),
+            relevance_mode=row.relevance_mode,
+            ranked_path=ranked_path,
           )
         else:
           if row.kind == 'trained':

@@ -64,12 +64,7 @@ def text_preprocessor(config: ml_collections.ConfigDict, vocab_path: str) -> Tex
   if os.path.isfile(path):
     with open(path, encoding='utf-8') as f:
       domain_words = tuple(line.rstrip('\n') for line in f if line.strip())
-  return TextPreprocessor.from_vocab_file(
-    vocab_path,
-    sort_words=config.text.sort_words,
-    strip_accents=config.text.strip_accents,
-    domain_words=domain_words,
-  )
+  return TextPreprocessor.from_config(config.text, vocab_path, domain_words)
 
 
 class _KeyLines(beam.DoFn):
@@ -130,7 +125,8 @@ class _Encode(beam.DoFn):
   def process(self, item: tuple[str, tuple[int, str]]) -> Iterator[dict[str, Any]]:
     key, (count, surface) = item
     query_len = self._config.text.query_len
-    if self._text.sort_words:  # The key's words are what `encode` would encode.
+    if self._text.sort_words and not self._text.keep_punctuation:
+      # The key's words are what `encode` would encode.
       ids, mask = self._text.encode_words_batch([key.split(KEY_SEPARATOR)], query_len)
       ids, mask = ids[0], mask[0]
     else:

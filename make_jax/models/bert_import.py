@@ -206,6 +206,77 @@ def import_bert(
   return out, imported
 
 
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+  """True for a HuggingFace-layout directory (config.json and model.safetensors)."""
+  path = pathlib.Path(path)
+  return (path / 'config.json').is_file() and (path / 'model.safetensors').is_file()
+
+
+def checkpoint_pooling(path: str | os.PathLike) -> str | None:
+  """'mean' or 'cls' as the checkpoint was trained (its `1_Pooling/config.json`), else None.
+
+  Raises:
+    ValueError: a pooling this project does not implement (max, mean-sqrt-len, weighted).
+  """
+  file = pathlib.Path(path) / '1_Pooling' / 'config.json'
+  if not file.is_file():
+    return None
+  modes = {k for k, v in json.loads(file.read_text()).items() if k.startswith('pooling_mode') and v}
+  if modes == {'pooling_mode_mean_tokens'}:
+    return 'mean'
+  if modes == {'pooling_mode_cls_token'}:
+    return 'cls'
+  raise ValueError(f'{file}: pooling {sorted(modes)} is not supported (mean or cls only)')
+
+
+def _lowercase_accents(path: pathlib.Path) -> bool:
+  """Whether the checkpoint's tokenizer strips accents (BERT uncased: lower case implies it)."""
+  file = path / 'tokenizer_config.json'
+  cfg = json.loads(file.read_text()) if file.is_file() else {}
+  strip = cfg.get('strip_accents')
+  return bool(cfg.get('do_lower_case', True) if strip is None else strip)
+
+
+def config_for_checkpoint(config: Any, path: str | os.PathLike) -> Any:
+  """The run config of a start from the checkpoint at `path`, checked against it.
+
+  Sets what the checkpoint decides, so that tokens and pooling are the checkpoint's own:
+  `model.pooling` from its sentence-transformers pooling file (the config's value where it
+  has none), `text.vocab_path` to its vocab.txt and `text.strip_accents` as its tokenizer
+  does (when `text.vocab_path` is '', the default), `model.vocab_size` from it.
+
+  Raises:
+    ValueError: the text encoders' shape (hidden size, layers, heads, MLP width) differs
+      from the checkpoint's, or the vocabulary is another file than the checkpoint's.
+  """
+  path = pathlib.Path(path)
+  ckpt, _ = load_checkpoint(path)
+  config = config.copy_and_resolve_references()
+  shape = {
+    'hidden_size': 'hidden_size',
+    'num_layers': 'num_hidden_layers',
+    'num_heads': 'num_attention_heads',
+    'mlp_dim': 'intermediate_size',
+  }
+  for ours, theirs in shape.items():
+    if theirs in ckpt and config.model[ours] != ckpt[theirs]:
+      raise ValueError(
+        f'model.{ours}={config.model[ours]} but checkpoint {path} has {theirs}={ckpt[theirs]}'
+      )
+  pooling = checkpoint_pooling(path)
+  if pooling is not None:
+    config.model.pooling = pooling
+  vocab = path / 'vocab.txt'
+  if not config.text.vocab_path:
+    if not vocab.is_file():
+      raise ValueError(f'checkpoint {path} has no vocab.txt: set text.vocab_path')
+    config.text.vocab_path = str(vocab)
+    config.text.strip_accents = _lowercase_accents(path)
+  config.model.vocab_size = int(ckpt.get('vocab_size', config.model.vocab_size))
+  config.text.vocab_size = config.model.vocab_size
+  return config
+
+
 def save_params(params: Any, path: str | os.PathLike) -> None:
   """Writes a params tree as msgpack, atomically (temp file + os.replace)."""
   path = pathlib.Path(path)

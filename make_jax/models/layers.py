@@ -8,6 +8,8 @@ place (make_jax/parallel/partitioning.py holds the names' rules).
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from make_jax.models.model_config import ModelConfig
 from make_jax.parallel.partitioning import partitioned
@@ -28,11 +30,27 @@ def weight_init(cfg: ModelConfig) -> nn.initializers.Initializer:
   return nn.initializers.normal(stddev=cfg.init_std)
 
 
-def dense(cfg: ModelConfig, features: int, names: Sequence[str], name: str) -> nn.Dense:
+def identity_init(key, shape, dtype=jnp.float32) -> jax.Array:
+  """The identity matrix of a square kernel [n, n] (a projection that starts as a no-op)."""
+  del key
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(f'an identity initialisation needs a square kernel; got {shape}')
+  return jnp.eye(shape[0], dtype=dtype)
+
+
+def dense(
+  cfg: ModelConfig,
+  features: int,
+  names: Sequence[str],
+  name: str,
+  *,
+  kernel_init: nn.initializers.Initializer | None = None,
+  bias_init: nn.initializers.Initializer = ZEROS_INIT,
+) -> nn.Dense:
   """A Dense layer with kernel axes `names` (in, out) and bias axis `names[1:]`.
 
-  Compute in `cfg.dtype`, parameters in `cfg.param_dtype`, kernel from `weight_init`, zero
-  bias.
+  Compute in `cfg.dtype`, parameters in `cfg.param_dtype`, kernel from `weight_init` (or
+  `kernel_init`), zero bias (or `bias_init`).
   """
   if len(names) != 2:
     raise ValueError(f'dense {name!r}: kernel names must be (in, out), got {tuple(names)}')
@@ -40,8 +58,8 @@ def dense(cfg: ModelConfig, features: int, names: Sequence[str], name: str) -> n
     features,
     dtype=cfg.compute_dtype,
     param_dtype=cfg.params_dtype,
-    kernel_init=partitioned(weight_init(cfg), names),
-    bias_init=partitioned(ZEROS_INIT, names[1:]),
+    kernel_init=partitioned(kernel_init or weight_init(cfg), names),
+    bias_init=partitioned(bias_init, names[1:]),
     name=name,
   )
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from make_jax.models.heads import MlmHead, RegionHead, mlm_max_predictions
 from make_jax.models.image_encoder import ImageEncoder
-from make_jax.models.layers import dense, weight_init
+from make_jax.models.layers import ZEROS_INIT, dense, identity_init, weight_init
 from make_jax.models.model_config import ModelConfig, at_least_float32
-from make_jax.models.transformer import TextEncoder, TransformerStack
+from make_jax.models.transformer import TextEncoder, TransformerStack, pool
 from make_jax.parallel.partitioning import constrain, partitioned
 
 OUTPUT_KEYS = (
@@ -75,10 +75,18 @@ class MakeModel(nn.Module):
     self.title_encoder = TextEncoder(cfg, name='title_encoder')
     if image:
       self.image_encoder = ImageEncoder(cfg, name='image_encoder')
-    self.query_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'query_proj')
-    self.title_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'title_proj')
+    # A pretrained start (projection_init='identity'): the text projections pass the pooled
+    # vectors through unchanged and the image projection starts at zero, so at step 0 the
+    # embeddings are the checkpoint's own and an untrained image tower adds nothing.
+    identity = cfg.projection_init == 'identity'
+    text_init = identity_init if identity else None
+    proj = lambda name, init=text_init: dense(
+      cfg, cfg.embed_dim, ('embed', 'mlp'), name, kernel_init=init
+    )
+    self.query_proj = proj('query_proj')
+    self.title_proj = proj('title_proj')
     if image:
-      self.image_proj = dense(cfg, cfg.embed_dim, ('embed', 'mlp'), 'image_proj')
+      self.image_proj = proj('image_proj', ZEROS_INIT if identity else None)
     if image and cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
@@ -88,7 +96,15 @@ class MakeModel(nn.Module):
       )
       self.fusion = TransformerStack(cfg, cfg.fusion_layers, name='fusion')
       self.gate_hidden = dense(cfg, cfg.hidden_size, ('embed', 'mlp'), 'gate_hidden')
-      self.gate_out = dense(cfg, 2, ('mlp', 'modalities'), 'gate_out')
+      gate_init = {}
+      if cfg.initial_image_weight != -1.0:
+        # Every product starts at (1 - w, w): zero kernel, bias (0, logit w); learned from there.
+        w = cfg.initial_image_weight
+        gate_init = dict(
+          kernel_init=ZEROS_INIT,
+          bias_init=nn.initializers.constant(np.array([0.0, math.log(w / (1.0 - w))])),
+        )
+      self.gate_out = dense(cfg, 2, ('mlp', 'modalities'), 'gate_out', **gate_init)
     self.mlm_query_head = MlmHead(cfg, name='mlm_query_head')
     self.mlm_title_head = MlmHead(cfg, name='mlm_title_head')
     if image:
@@ -113,7 +129,7 @@ class MakeModel(nn.Module):
   ) -> jax.Array:
     """Query embeddings [B, d] (L2-normalised, float32) from token ids and mask [B, Lq]."""
     tokens = self.query_encoder(query_ids, query_mask, train=train)
-    return l2_normalize(self.query_proj(tokens[:, 0]))
+    return l2_normalize(self.query_proj(pool(tokens, query_mask, self.cfg.pooling)))
 
   def encode_product(
     self,
@@ -131,13 +147,13 @@ class MakeModel(nn.Module):
     """
     title = self.title_encoder(title_ids, title_mask, train=train)
     if not self.cfg.product_image:
-      return self._title_only(title)
+      return self._title_only(title, title_mask)
     img = self.image_encoder(image, None, train=train).tokens
     return self._fuse(title, title_mask, img, image_missing, train)
 
-  def _title_only(self, title):
-    """The text-only product tower: normalize(proj_t(title [CLS])), weights (1, 0)."""
-    emb = l2_normalize(self.title_proj(title[:, 0]))
+  def _title_only(self, title, title_mask):
+    """The text-only product tower: normalize(proj_t(pooled title)), weights (1, 0)."""
+    emb = l2_normalize(self.title_proj(pool(title, title_mask, self.cfg.pooling)))
     weights = jnp.broadcast_to(jnp.array([1.0, 0.0], jnp.float32), (title.shape[0], 2))
     return constrain(emb, ('act_batch', 'act_embed')), weights
 
@@ -158,11 +174,16 @@ class MakeModel(nn.Module):
       # Image keys are masked out of fusion for image-missing products.
       img_mask = jnp.broadcast_to(~missing[:, None], img.shape[:2]).astype(jnp.int32)
       fused = self.fusion(seq, jnp.concatenate([title_mask, img_mask], axis=1), train=train)
-      h_title, h_image = fused[:, 0], fused[:, title.shape[1]]
-      g = self.gate_out(nn.gelu(self.gate_hidden(jnp.concatenate([h_title, h_image], -1))))
+      length = title.shape[1]
+      g_title, g_image = pool(fused[:, :length], title_mask, cfg.pooling), fused[:, length]
+      g = self.gate_out(nn.gelu(self.gate_hidden(jnp.concatenate([g_title, g_image], -1))))
       weights = jax.nn.softmax(g.astype(cfg.output_dtype), axis=-1)
+      if cfg.fusion_feeds_embedding:
+        h_title, h_image = g_title, g_image
+      else:  # The fusion sets the weights only; the encoders' own vectors are mixed.
+        h_title, h_image = pool(title, title_mask, cfg.pooling), img[:, 0]
     else:
-      h_title, h_image = title[:, 0], img[:, 0]
+      h_title, h_image = pool(title, title_mask, cfg.pooling), img[:, 0]
       weights = jnp.full((title.shape[0], 2), 0.5, jnp.float32)
     weights = jnp.where(missing[:, None], jnp.array([1.0, 0.0]), weights)
     p_title = self.title_proj(h_title).astype(cfg.output_dtype)
@@ -216,9 +237,9 @@ class MakeModel(nn.Module):
     if cfg.retrieval_from_unmasked:
       query_clean = self.query_encoder(batch['query_clean_ids'], batch['query_mask'], train=train)
       title_clean = self.title_encoder(batch['title_clean_ids'], batch['title_mask'], train=train)
-    query_emb = l2_normalize(self.query_proj(query_clean[:, 0]))
+    query_emb = l2_normalize(self.query_proj(pool(query_clean, batch['query_mask'], cfg.pooling)))
     if image is None:
-      product_emb, weights = self._title_only(title_clean)
+      product_emb, weights = self._title_only(title_clean, batch['title_mask'])
     else:
       img_clean = image.unmasked_tokens if cfg.retrieval_from_unmasked else image.tokens
       product_emb, weights = self._fuse(

@@ -17,6 +17,12 @@ _RESNET_DEPTHS = (18, 50, 101)
 _LOSS_FIELDS = ('qpm_temperature', 'qpm_learn_temperature', 'mpm_r_tau')
 # Loss terms that read the product image (the MPM heads' outputs): impossible without it.
 IMAGE_LOSSES = ('mpm', 'mpm_r')
+# How an encoder's token outputs become one vector: the [CLS] output, or the mean of the real
+# tokens (how sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained).
+POOLINGS = ('cls', 'mean')
+# 'normal': random projections; 'identity': the query/title projections start as the
+# identity (embed_dim == hidden_size) and the image projection at zero (a pretrained start).
+PROJECTION_INITS = ('normal', 'identity')
 
 
 def at_least_float32(dtype: jnp.dtype) -> jnp.dtype:
@@ -52,6 +58,11 @@ class ModelConfig:
   fusion_layers: int = 1
   retrieval_from_unmasked: bool = True
   product_image: bool = True
+  # The pretrained start (SPEC 8; configs/base.py documents each field).
+  pooling: str = 'cls'
+  projection_init: str = 'normal'
+  fusion_feeds_embedding: bool = True
+  initial_image_weight: float = -1.0
   # From the loss section: the trainable temperatures' initial values.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
@@ -76,6 +87,22 @@ class ModelConfig:
           f'model.{name}=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1 (or '
           "jax.config.update('jax_enable_x64', True)) before JAX is used"
         )
+    if self.pooling not in POOLINGS:
+      raise ValueError(f'model.pooling={self.pooling!r}; expected one of {POOLINGS}')
+    if self.projection_init not in PROJECTION_INITS:
+      raise ValueError(
+        f'model.projection_init={self.projection_init!r}; expected one of {PROJECTION_INITS}'
+      )
+    if self.projection_init == 'identity' and self.embed_dim != self.hidden_size:
+      raise ValueError(
+        f"model.projection_init='identity' needs model.embed_dim == model.hidden_size; got "
+        f'{self.embed_dim} and {self.hidden_size}'
+      )
+    if self.initial_image_weight != -1.0 and not 0.0 < self.initial_image_weight < 1.0:
+      raise ValueError(
+        f'model.initial_image_weight={self.initial_image_weight} must be in (0, 1), or -1 '
+        'for a randomly initialised gate'
+      )
     for name in ('qpm_temperature', 'mpm_r_tau'):
       if getattr(self, name) <= 0:
         raise ValueError(f'loss.{name}={getattr(self, name)} must be > 0')

@@ -27,6 +27,21 @@ def attention_bias(mask: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array
   return jnp.where(mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
 
 
+def pool(tokens: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
+  """One vector per sequence from token outputs [B, L, H] and their mask [B, L].
+
+  'cls': the [CLS] output (position 0); 'mean': the mean over the real tokens ([CLS] and
+  [SEP] included, as sentence-transformers pools a BERT output), in float32 (float64 stays
+  float64).
+  """
+  if pooling == 'cls':
+    return tokens[:, 0]
+  if pooling != 'mean':
+    raise ValueError(f'pooling={pooling!r}; expected cls or mean')
+  m = mask[..., None].astype(jnp.promote_types(tokens.dtype, jnp.float32))
+  return (tokens * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
 class HeadProjection(nn.Module):
   """An einsum projection with a kernel of its true rank, e.g. [embed, heads, kv].
 
@@ -134,7 +149,8 @@ class TransformerStack(nn.Module):
 class TextEncoder(nn.Module):
   """BERT text encoder: word + position + type embeddings, LayerNorm, dropout, the stack.
 
-  Returns the token outputs [B, L, H]; the [CLS] output (position 0) stands for the sequence.
+  Returns the token outputs [B, L, H]; `pool` makes them one vector (the [CLS] output, or
+  the mean of the real tokens, by `model.pooling`).
   `embed_tokens` exposes the word-embedding table for the tied MLM head.
   """
 

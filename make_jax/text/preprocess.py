@@ -30,7 +30,9 @@ padding are 0.
 """
 
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,13 +54,17 @@ class TextPreprocessor:
     *,
     sort_words: bool = True,
     domain_words: Sequence[str] = (),
+    keep_punctuation: bool = False,
   ):
     """Wraps a tokenizer.
 
     Args:
       tokenizer: the WordPiece vocabulary and rules.
-      sort_words: sort words before tokenizing (SPEC 2.3; False is an ablation). The qid
-        always uses the sorted words.
+      sort_words: sort words before tokenizing (SPEC 2.3; False keeps the reading order,
+        as a pretrained checkpoint expects). The qid always uses the sorted words.
+      keep_punctuation: encode the punctuation between words too, one piece per mark, as
+        BERT's tokenizer does (`&`, `/`, `(`), so a pretrained checkpoint sees the tokens
+        it was trained on. Words, keywords and the qid are unchanged.
       domain_words: whole words of the catalogue (raw attribute values: `Red Chief`,
         `红隼`), normalised here; each stays one word (`domain.py`).
 
@@ -67,6 +73,7 @@ class TextPreprocessor:
     """
     self._tokenizer = tokenizer
     self._sort_words = sort_words
+    self._keep_punctuation = keep_punctuation
     self._segmenter = segment_lib.Segmenter(domain_words)
     self.pad_id = tokenizer.token_to_id(wordpiece.PAD)
     self.unk_id = tokenizer.token_to_id(wordpiece.UNK)
@@ -84,6 +91,7 @@ class TextPreprocessor:
     sort_words: bool = True,
     strip_accents: bool = False,
     domain_words: Sequence[str] = (),
+    keep_punctuation: bool = False,
   ) -> 'TextPreprocessor':
     """From a BERT vocab.txt (ids as in the file). Raises `VocabError` if it is unusable.
 
@@ -91,7 +99,25 @@ class TextPreprocessor:
     """
     tokens = vocab_lib.load_vocab_file(path)
     return cls.from_tokens(
-      tokens, sort_words=sort_words, strip_accents=strip_accents, domain_words=domain_words
+      tokens,
+      sort_words=sort_words,
+      strip_accents=strip_accents,
+      domain_words=domain_words,
+      keep_punctuation=keep_punctuation,
+    )
+
+  @classmethod
+  def from_config(
+    cls, text: Any, vocab_path: str | os.PathLike, domain_words: Sequence[str] = ()
+  ) -> 'TextPreprocessor':
+    """The preprocessor of a config's `text` section over `vocab_path`: the one place that
+    maps the section's fields (sort_words, strip_accents, keep_punctuation) onto it."""
+    return cls.from_vocab_file(
+      vocab_path,
+      sort_words=text.sort_words,
+      strip_accents=text.strip_accents,
+      domain_words=domain_words,
+      keep_punctuation=bool(text.get('keep_punctuation', False)),
     )
 
   @classmethod
@@ -102,12 +128,14 @@ class TextPreprocessor:
     sort_words: bool = True,
     strip_accents: bool = False,
     domain_words: Sequence[str] = (),
+    keep_punctuation: bool = False,
   ) -> 'TextPreprocessor':
     """From a vocabulary in id order (e.g. the output of `build_vocab`)."""
     return cls(
       wordpiece.WordPieceTokenizer(tokens, strip_accents=strip_accents),
       sort_words=sort_words,
       domain_words=domain_words,
+      keep_punctuation=keep_punctuation,
     )
 
   @classmethod
@@ -145,6 +173,10 @@ class TextPreprocessor:
     return self._sort_words
 
   @property
+  def keep_punctuation(self) -> bool:
+    return self._keep_punctuation
+
+  @property
   def domain_words(self) -> tuple[str, ...]:
     """The domain dictionary: normalised entries, sorted, without duplicates."""
     return self._segmenter.domain_words
@@ -154,6 +186,21 @@ class TextPreprocessor:
   def words(self, text: Text) -> list[str]:
     """Normalised, segmented words of `text`, sorted (unless `sort_words=False`)."""
     words = self._segmenter.segment(normalize_lib.normalize(text))
+    return sorted(words) if self._sort_words else words
+
+  def encoding_words(self, text: Text) -> list[str]:
+    """What `encode` tokenises: `words(text)`, with `keep_punctuation` the punctuation
+    marks between words interleaved in reading order (each mark one word)."""
+    if not self._keep_punctuation:
+      return self.words(text)
+    text = normalize_lib.normalize(text)
+    words, start = [], 0
+    for i, ch in enumerate(text):
+      if _is_punctuation(ch):
+        words.extend(self._segmenter.segment(text[start:i]))
+        words.append(ch)
+        start = i + 1
+    words.extend(self._segmenter.segment(text[start:]))
     return sorted(words) if self._sort_words else words
 
   def qid(self, text: Text) -> int:
@@ -222,7 +269,7 @@ class TextPreprocessor:
   def encode_batch(self, texts: Sequence[Text], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns (ids int32[N, max_len], mask int32[N, max_len]) of `texts`."""
     _check_max_len(max_len)
-    ids, mask, _ = self._encode_word_lists([self.words(t) for t in texts], max_len)
+    ids, mask, _ = self._encode_word_lists([self.encoding_words(t) for t in texts], max_len)
     return ids, mask
 
   def encode_words_batch(
@@ -261,8 +308,8 @@ class TextPreprocessor:
     _check_max_len(title_len, 'title_len')
     if isinstance(attributes, str | bytes):
       raise ValueError('attributes must be a sequence of attribute values, not one string')
-    query_words = self.words(query)
-    title_words = self.words(title)
+    query_words = self.encoding_words(query)
+    title_words = self.encoding_words(title)
     product_words = set(title_words)
     for value in attributes:
       product_words.update(self._segmenter.segment(normalize_lib.normalize(value)))
@@ -281,6 +328,14 @@ class TextPreprocessor:
   def decode(self, ids: Sequence[int]) -> list[str]:
     """The piece strings of `ids` without [PAD] (for inspection and debugging)."""
     return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) != self.pad_id]
+
+
+def _is_punctuation(ch: str) -> bool:
+  """BERT's punctuation: the ASCII non-alphanumeric marks and Unicode's P* categories."""
+  cp = ord(ch)
+  if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+    return True
+  return unicodedata.category(ch).startswith('P')
 
 
 def _check_max_len(max_len: int, name: str = 'max_len') -> None:

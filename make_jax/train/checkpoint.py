@@ -153,14 +153,30 @@ def latest_params(path: str | os.PathLike, config: ml_collections.ConfigDict) ->
   return state.params, step
 
 
-def load_init_params(path: str | os.PathLike, config: ml_collections.ConfigDict) -> Any:
-  """Pretrained params for `--init_from`: an `import_bert` msgpack file or a run's checkpoint.
+def init_from_dir(value: str) -> str:
+  """`--init_from` as a path: 'minilm' names the packaged all-MiniLM-L6-v2 checkpoint."""
+  return str(bert_import.default_checkpoint_dir()) if value == 'minilm' else value
+
+
+def load_init_params(
+  path: str | os.PathLike, config: ml_collections.ConfigDict, initial: Any = None
+) -> Any:
+  """Pretrained params for `--init_from`: a HuggingFace BERT checkpoint directory (imported
+  into the text encoders of `initial`, the freshly initialised params, which keep every
+  other part), an `import_bert` msgpack file, or a run's checkpoint.
 
   Raises:
     FileNotFoundError: nothing usable at `path`.
     ValueError: the params do not fit the model of `config` (names or shapes differ).
   """
   path = pathlib.Path(path)
+  if bert_import.is_checkpoint_dir(path):
+    if initial is None:
+      raise ValueError(f'--init_from {path} is a checkpoint directory: pass the initial params')
+    params, _ = bert_import.import_bert(
+      jax.device_get(initial), path, num_heads=int(config.model.num_heads)
+    )
+    return params
   if path.is_file():
     params = bert_import.load_params(path)
   else:

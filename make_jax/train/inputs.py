@@ -4,8 +4,8 @@ Why a module of its own: the trainer and the quickstart must tokenise exactly as
 that wrote a workdir did, and every host must read its own part of each global batch.
 
 * Text: `cfg.text.vocab_path`, else `<workdir>/vocab.txt`, else a vocabulary learned from
-  the training titles and queries and saved there (learning is not bit-for-bit repeatable
-  across processes, so process 0 learns it once and everyone loads the file). The domain
+  the training titles and queries and saved there (process 0 learns it, everyone loads the
+  file; learning is deterministic, so a rerun learns the same one). The domain
   dictionary of the dataset (`builder.info.metadata['domain_words']`, when the dataset and
   `TextPreprocessor` have it) is passed through and written, normalised, to
   `<workdir>/domain_words.txt`.
@@ -77,12 +77,7 @@ def load_text(
     vocab_lib.save_vocab(tokens, path)
   sync('vocabulary')
   domain_words = tuple((builder.info.metadata or {}).get('domain_words', ()))
-  preprocessor = TextPreprocessor.from_vocab_file(
-    path,
-    sort_words=text.sort_words,
-    strip_accents=text.strip_accents,
-    domain_words=domain_words,
-  )
+  preprocessor = TextPreprocessor.from_config(text, path, domain_words)
   if jax.process_index() == 0:
     if not path.parent.samefile(workdir) or path.name != 'vocab.txt':
       atomic_file.write_bytes(workdir / 'vocab.txt', path.read_bytes())

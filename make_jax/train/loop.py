@@ -6,7 +6,9 @@ What a run does, on every process of the job:
   2. builds the model, the optimiser and the layout of `config.parallelism` (layouts.py);
   3. resumes from the newest complete checkpoint in `<workdir>/checkpoints/` (state, queue,
      RNG and every input shard's position), or starts fresh, optionally from pretrained
-     params (`init_from`: an `import_bert` msgpack or another run's checkpoint);
+     params (`init_from`: a HuggingFace BERT checkpoint directory, whose pooling and
+     vocabulary the run then takes (`bert_import.config_for_checkpoint`), an
+     `import_bert` msgpack or another run's checkpoint);
   4. steps to `config.train.num_steps`; every `train.log_every` steps the window's metrics
      are checked (a NaN or infinite loss stops the run naming the step and the term, before
      any checkpoint of that state), written (JSONL + TensorBoard, process 0) and logged;
@@ -29,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from make_jax import atomic_file
-from make_jax.models import make_model
+from make_jax.models import bert_import, make_model
 from make_jax.parallel import mesh as mesh_lib
 from make_jax.train import checkpoint as checkpoint_lib
 from make_jax.train import flops as flops_lib
@@ -96,8 +98,10 @@ def train_and_evaluate(
   Args:
     config: the full config (configs/*.py).
     workdir: the run's directory (checkpoints, metrics, vocabulary, config).
-    init_from: pretrained params for a fresh run: a `tools/import_bert.py` msgpack file, or a
-      workdir / checkpoint directory of another run. Ignored when resuming.
+    init_from: pretrained params for a fresh run: a HuggingFace BERT checkpoint directory
+      ('minilm': the packaged all-MiniLM-L6-v2), a `tools/import_bert.py` msgpack file, or
+      a workdir / checkpoint directory of another run. Ignored when resuming (a checkpoint
+      directory still sets the config it implies).
     stop_at: end this run after this step (checkpointed and evaluated like the last step)
       while schedules still follow `train.num_steps`: a job with a time slot, or a test.
 
@@ -112,6 +116,9 @@ def train_and_evaluate(
     ValueError: a config that does not fit the devices, the data or the checkpoint.
   """
   workdir = pathlib.Path(workdir)
+  init_from = checkpoint_lib.init_from_dir(init_from)
+  if init_from and bert_import.is_checkpoint_dir(init_from):
+    config = bert_import.config_for_checkpoint(config, init_from)
   primary = jax.process_index() == 0
   train = config.train
   num_steps = int(train.num_steps)
@@ -126,6 +133,7 @@ def train_and_evaluate(
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, num_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
+  pretrained_schedule = optimizer.pretrained_schedule(config.optim, num_steps)
   layout = layouts.make_layout(config, model, tx, text)
   data = inputs.ShardedInput(config, text, builder, local_device_count=len(layout.local_devices))
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(train.keep_checkpoints))
@@ -140,8 +148,9 @@ def train_and_evaluate(
     start = 0
     state = layout.init(jax.random.key(config.seed))
     if init_from:
-      params = checkpoint_lib.load_init_params(init_from, config)
-      state = layout.from_canonical(layout.canonical(state).replace(params=params))
+      canonical = layout.canonical(state)
+      params = checkpoint_lib.load_init_params(init_from, config, canonical.params)
+      state = layout.from_canonical(canonical.replace(params=params))
       logging.info('Parameters initialised from %s', init_from)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.restore_target.params))
   logging.info(
@@ -219,6 +228,8 @@ def train_and_evaluate(
         pending = []
       if summary is not None:
         record = dict(summary, learning_rate=float(schedule(step - 1)))
+        if optimizer.has_pretrained_group(config.optim):
+          record['learning_rate_pretrained'] = float(pretrained_schedule(step - 1))
         a_title, a_image = modal_weights(state, batch)
         record['modal_weight_title'], record['modal_weight_image'] = float(a_title), float(a_image)
         record['negatives_per_query'] = sum(

@@ -3,7 +3,8 @@
 AdamW(beta1=0.9, beta2=0.98); the learning rate rises linearly from 0 to its peak over the
 first `warmup_fraction` of the steps, then falls linearly to 0 at the last step. Weight
 decay skips biases, LayerNorm/GroupNorm parameters and the scalar temperatures (decaying
-them would pull the temperatures towards exp(0) = 1 and the norms towards 0).
+them would pull the temperatures towards exp(0) = 1 and the norms towards 0). A pretrained
+start gives the imported encoders a group of their own (lower rate, own warm-up; SPEC 8).
 """
 
 from typing import Any
@@ -13,20 +14,49 @@ import ml_collections
 import optax
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up to `optim.learning_rate` over warmup_fraction * num_steps, then to 0."""
+def _schedule(peak: float, warmup_fraction: float, num_steps: int, name: str) -> optax.Schedule:
   if num_steps <= 0:
     raise ValueError(f'num_steps must be positive, got {num_steps}')
-  if not 0.0 <= optim.warmup_fraction < 1.0:
-    raise ValueError(f'optim.warmup_fraction must be in [0, 1), got {optim.warmup_fraction}')
-  warmup = int(round(optim.warmup_fraction * num_steps))
+  if not 0.0 <= warmup_fraction < 1.0:
+    raise ValueError(f'optim.{name} must be in [0, 1), got {warmup_fraction}')
+  warmup = int(round(warmup_fraction * num_steps))
   return optax.schedules.join_schedules(
     [
-      optax.schedules.linear_schedule(0.0, optim.learning_rate, max(warmup, 1)),
-      optax.schedules.linear_schedule(optim.learning_rate, 0.0, max(num_steps - warmup, 1)),
+      optax.schedules.linear_schedule(0.0, peak, max(warmup, 1)),
+      optax.schedules.linear_schedule(peak, 0.0, max(num_steps - warmup, 1)),
     ],
     boundaries=[warmup],
   )
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warm-up to `optim.learning_rate` over warmup_fraction * num_steps, then to 0."""
+  return _schedule(optim.learning_rate, optim.warmup_fraction, num_steps, 'warmup_fraction')
+
+
+def pretrained_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """The pretrained group's schedule: the same shape to `optim.pretrained_learning_rate`."""
+  return _schedule(
+    optim.pretrained_learning_rate,
+    optim.get('pretrained_warmup_fraction', optim.warmup_fraction),
+    num_steps,
+    'pretrained_warmup_fraction',
+  )
+
+
+def has_pretrained_group(optim: ml_collections.ConfigDict) -> bool:
+  """True when the pretrained modules learn at their own rate (`pretrained_learning_rate` > 0)."""
+  return float(optim.get('pretrained_learning_rate', 0.0)) > 0.0
+
+
+def param_groups(optim: ml_collections.ConfigDict, params: Any) -> Any:
+  """'pretrained' for every leaf under a top-level module of `optim.pretrained_modules`,
+  'new' for the rest (a params-shaped tree of labels for `optax.multi_transform`)."""
+  modules = set(optim.get('pretrained_modules', ()))
+  return {
+    k: jax.tree.map(lambda _, k=k: 'pretrained' if k in modules else 'new', v)
+    for k, v in params.items()
+  }
 
 
 def _decay_mask(params: Any) -> Any:
@@ -37,14 +67,23 @@ def _decay_mask(params: Any) -> Any:
 def make_optimizer(
   optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """The optimiser of `cfg.optim`: optional global-norm clipping, then AdamW."""
-  adamw = optax.adamw(
-    learning_rate_schedule(optim, num_steps),
-    b1=optim.b1,
-    b2=optim.b2,
-    weight_decay=optim.weight_decay,
-    mask=_decay_mask,
+  """The optimiser of `cfg.optim`: optional global-norm clipping, then AdamW.
+
+  With `optim.pretrained_learning_rate` > 0 there are two parameter groups, each AdamW
+  with its own schedule (`optax.multi_transform`): the top-level modules named in
+  `optim.pretrained_modules` (the imported encoders) at the pretrained rate and warm-up,
+  everything else (projections, gate, image tower, heads, temperatures) at
+  `optim.learning_rate`. The clip sees the whole gradient.
+  """
+  adam = lambda schedule: optax.adamw(
+    schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=_decay_mask
   )
+  adamw = adam(learning_rate_schedule(optim, num_steps))
+  if has_pretrained_group(optim):
+    adamw = optax.multi_transform(
+      {'new': adamw, 'pretrained': adam(pretrained_schedule(optim, num_steps))},
+      lambda params: param_groups(optim, params),
+    )
   if optim.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
   return adamw
