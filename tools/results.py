@@ -39,6 +39,12 @@ _ROWS = flags.DEFINE_list('rows', ['bm25', 'minilm'], f'Rows to run, or all: {re
 _OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = TFDS's default).")
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', '../shared/data', 'Folder holding the fashion zip.')
+_SPLITS = flags.DEFINE_list(
+  'splits',
+  ['/'.join(s) for s in results.SPLITS],
+  'builder_config/split pairs to score every row on; choose settings on default/validation '
+  '(with its own --out), report on the test splits.',
+)
 _KS = flags.DEFINE_list('ks', ['10', '100', '1000'], 'Recall cut-offs.')
 _JUDGED_KS = flags.DEFINE_list('judged_ks', ['10'], 'P_rel / P_cate cut-offs.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).')
@@ -85,6 +91,7 @@ def main(argv):
     rows,
     _OUT.value,
     load_split=_load_split,
+    splits=[tuple(s.split('/')) for s in _SPLITS.value],
     ks=[int(k) for k in _KS.value],
     judged_ks=[int(k) for k in _JUDGED_KS.value],
     bootstrap_samples=_BOOTSTRAP.value,
