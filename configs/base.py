@@ -111,8 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- Losses (SPEC sections 4, 5) -------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
   c.loss.weights = ml_collections.ConfigDict(
-    dict(mlm=1.0, mpm=0.0, mpm_r=1.0, qpm=1.0, qpc=1.0)
-  )  # Weighted sum of the tasks; 0 switches a task off (ablations).
+    dict(mlm=1.0, mpm=0.0, mpm_r=1.0, qpm=1.0, qpc=1.0, qpm_image=0.0)
+  )  # Weighted sum of the tasks; 0 switches a task off (ablations). qpm_image: QPM of the
+  # queries against the image tower alone (its own head), training it by itself.
   c.loss.qpm_temperature = 0.05  # Initial QPM temperature: s = (u.v)/T - log p.
   c.loss.qpm_learn_temperature = True  # Train the QPM temperature (kept positive).
   c.loss.logp_correction = True  # Subtract log p(v) from every score (eq. 3).

@@ -111,7 +111,7 @@ def test_bad_configs_and_inputs_raise_clear_errors():
   a = _run(cfg, no_t, batch, bank)[0]
   b = _run(cfg, dict(no_t, qpm_temperature=jnp.float32(cfg.qpm_temperature)), batch, bank)[0]
   assert float(a) == float(b)
-  assert registry.names() == ['mlm', 'mpm', 'mpm_r', 'qpc', 'qpm']
+  assert registry.names() == ['mlm', 'mpm', 'mpm_r', 'qpc', 'qpm', 'qpm_image']
 
 
 def test_bank_start_fraction_gates_the_queue():

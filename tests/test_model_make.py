@@ -221,8 +221,8 @@ def _real_loss(out, batch, config):
 
   loss_cfg = config.loss.copy_and_resolve_references()
   with loss_cfg.unlocked():
-    for k in loss_cfg.weights:
-      loss_cfg.weights[k] = 1.0
+    for k in loss_cfg.weights:  # qpm_image needs the matching head the model may not have.
+      loss_cfg.weights[k] = 1.0 if k != 'qpm_image' or 'image_emb' in out else 0.0
     loss_cfg.bank_batches = 0
   loss, _ = compute_losses(out, batch, loss_cfg, step=0, num_steps=10, bank=None)
   return loss

@@ -216,3 +216,43 @@ def test_step0_ranks_the_fashion_test_queries_as_untrained_minilm(tmp_path):
   # Our top 10, scored by the baseline: the baseline's own top 10 scores, in order.
   np.testing.assert_allclose(np.take_along_axis(ref_scores, ours_top, 1), ref_top, atol=1e-5)
   assert len(es.queries) > 1000
+
+
+def test_qpm_image_trains_the_image_tower_through_its_own_head():
+  """loss.weights.qpm_image > 0 adds the matching head; its loss is QPM of the queries
+  against the image tower alone, and its gradient reaches the ResNet even while the
+  mixed embedding's image projection is still zero."""
+  from make_jax.losses import qpm
+  from make_jax.losses.total import compute_losses
+  from tests.test_model_make import _masked
+
+  config = _start_config()
+  config.loss.weights.qpm_image = 1.0
+  model = build_model(config)
+  assert model.cfg.image_match_head and not build_model(_start_config()).cfg.image_match_head
+  batch = _masked(config, 3)
+  params = init_params(model, jax.random.key(0), batch)
+  out = model.apply({'params': params}, batch)
+  only = config.copy_and_resolve_references()
+  only.loss.weights = {k: 0.0 for k in config.loss.weights} | {'qpm_image': 1.0}
+  share, metrics = compute_losses(out, batch, only.loss, step=0, num_steps=10)
+  expected, _ = qpm.qpm_loss(
+    out['query_emb'],
+    out['image_emb'],
+    batch['log_p'],
+    batch['product_id'],
+    out['qpm_temperature'],
+    step=0,
+    cdns_start=0,
+  )
+  np.testing.assert_allclose(share, expected, rtol=1e-6)
+  assert 'qpm_image' in metrics and 'qpm' not in metrics
+
+  def loss(p):
+    return compute_losses(
+      model.apply({'params': p}, batch), batch, only.loss, step=0, num_steps=10
+    )[0]
+
+  grads = jax.grad(loss)(params)
+  resnet = jax.tree.leaves(grads['image_encoder']['resnet'])
+  assert max(float(np.abs(g).max()) for g in resnet) > 0

@@ -55,6 +55,36 @@ def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
   )
 
 
+@registry.register('qpm_image')
+def qpm_image_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """QPM between the queries and the image tower alone (`image_emb`): in-batch / CDNS
+  negatives as QPM, no queue. It trains the image tower by itself, so that the image has
+  something to offer before Modal Adaptation weighs it (a pretrained start begins with the
+  image at zero weight). Image-missing products are scored like any other (a blank image)."""
+  registry.require(outputs, ('query_emb', 'image_emb'), 'qpm_image', 'model output')
+  registry.require(batch, ('log_p', 'product_id'), 'qpm_image', 'batch')
+  temperature = (
+    outputs['qpm_temperature']
+    if loss_cfg.qpm_learn_temperature
+    else jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
+  )
+  share, metrics = qpm.qpm_loss(
+    outputs['query_emb'],
+    outputs['image_emb'],
+    batch['log_p'],
+    batch['product_id'],
+    temperature,
+    step=ctx.step,
+    cdns_start=qpm.start_step(
+      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
+    ),
+    w_batch=loss_cfg.w_batch,
+    logp_correction=loss_cfg.logp_correction,
+    axis_name=ctx.axis_name,
+  )
+  return share, {'qpm_image' + k.removeprefix('qpm'): v for k, v in metrics.items()}
+
+
 @registry.register('qpc')
 def qpc_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
   """AM-Softmax with cfg.loss's scale and margin, on QPM's CDNS schedule."""

@@ -53,6 +53,8 @@ OUTPUT_KEYS = (
   'qpm_temperature',  # Only with cfg.loss.qpm_learn_temperature (else the loss's constant).
   'mpm_r_tau',
 )
+# Only with loss.weights.qpm_image > 0: the image tower alone through its matching head.
+IMAGE_MATCH_KEY = 'image_emb'
 # The outputs that need the product image: absent with model.product_image=False.
 IMAGE_OUTPUT_KEYS = ('mpm_pred', 'mpm_r_pred', 'mpm_target', 'mpm_r_tau')
 
@@ -87,6 +89,10 @@ class MakeModel(nn.Module):
     self.title_proj = proj('title_proj')
     if image:
       self.image_proj = proj('image_proj', ZEROS_INIT if identity else None)
+      # The image tower's own matching head (loss qpm_image): a signal that trains the image
+      # tower by itself, whatever weight Modal Adaptation gives the image.
+      if cfg.image_match_head:
+        self.image_match_proj = proj('image_match_proj', None)
     if image and cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
@@ -149,7 +155,7 @@ class MakeModel(nn.Module):
     if not self.cfg.product_image:
       return self._title_only(title, title_mask)
     img = self.image_encoder(image, None, train=train).tokens
-    return self._fuse(title, title_mask, img, image_missing, train)
+    return self._fuse(title, title_mask, img, image_missing, train)[:2]
 
   def _title_only(self, title, title_mask):
     """The text-only product tower: normalize(proj_t(pooled title)), weights (1, 0)."""
@@ -158,7 +164,8 @@ class MakeModel(nn.Module):
     return constrain(emb, ('act_batch', 'act_embed')), weights
 
   def _fuse(self, title, title_mask, img, image_missing, train):
-    """Modal Adaptation over title and image token outputs -> (embedding, modal weights)."""
+    """Modal Adaptation over title and image token outputs -> (embedding, modal weights,
+    the image tower's own matching embedding)."""
     cfg = self.cfg
     missing = jnp.asarray(image_missing).astype(bool)
     if missing.shape != (title.shape[0],):
@@ -193,7 +200,9 @@ class MakeModel(nn.Module):
       missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image
     )
     emb = constrain(l2_normalize(mixed), ('act_batch', 'act_embed'))
-    return emb, weights
+    if not cfg.image_match_head:
+      return emb, weights, None
+    return emb, weights, l2_normalize(self.image_match_proj(img[:, 0]))
 
   # --- Training forward pass ---------------------------------------------------------------
 
@@ -242,7 +251,7 @@ class MakeModel(nn.Module):
       product_emb, weights = self._title_only(title_clean, batch['title_mask'])
     else:
       img_clean = image.unmasked_tokens if cfg.retrieval_from_unmasked else image.tokens
-      product_emb, weights = self._fuse(
+      product_emb, weights, image_emb = self._fuse(
         title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
       )
     out = {
@@ -264,6 +273,8 @@ class MakeModel(nn.Module):
       # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
       out['mpm_target'] = image.regions.astype(cfg.output_dtype)
       out['mpm_r_tau'] = jnp.exp(self.log_mpm_r_tau)
+      if image_emb is not None:
+        out[IMAGE_MATCH_KEY] = image_emb
     if cfg.qpm_learn_temperature:
       out['qpm_temperature'] = jnp.exp(self.log_qpm_temperature)
     return out

@@ -16,7 +16,7 @@ _RESNET_DEPTHS = (18, 50, 101)
 # constant is read by the losses from cfg.loss alone.
 _LOSS_FIELDS = ('qpm_temperature', 'qpm_learn_temperature', 'mpm_r_tau')
 # Loss terms that read the product image (the MPM heads' outputs): impossible without it.
-IMAGE_LOSSES = ('mpm', 'mpm_r')
+IMAGE_LOSSES = ('mpm', 'mpm_r', 'qpm_image')
 # How an encoder's token outputs become one vector: the [CLS] output, or the mean of the real
 # tokens (how sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained).
 POOLINGS = ('cls', 'mean')
@@ -63,6 +63,8 @@ class ModelConfig:
   projection_init: str = 'normal'
   fusion_feeds_embedding: bool = True
   initial_image_weight: float = -1.0
+  # From loss.weights: the image tower's own matching head exists only for loss qpm_image.
+  image_match_head: bool = False
   # From the loss section: the trainable temperatures' initial values.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
@@ -137,6 +139,7 @@ class ModelConfig:
     for k in _LOSS_FIELDS:
       if k in loss:
         values[k] = loss[k]
+    values['image_match_head'] = float(dict(loss.get('weights', {})).get('qpm_image', 0)) > 0
     if not values.get('product_image', True):
       weights = dict(loss.get('weights', {}))
       on = [k for k in IMAGE_LOSSES if weights.get(k, 0) > 0]
