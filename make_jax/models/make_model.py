@@ -15,7 +15,16 @@ title and image [CLS] vectors gives (a_title, a_image) = softmax(g(h_title, h_im
 product embedding is normalize(a_title * proj_t(h_title) + a_image * proj_i(h_image)).
 MA off: no fusion, fixed (0.5, 0.5). An image-missing product gets (1, 0) exactly, its image
 keys are masked out of fusion, and its embedding is proj_t(h_title) alone, so it does not
-depend on the pixels at all.
+depend on the pixels at all. h_title is the [CLS] output or, with `model.pooling='mean'`,
+the mean of the title's token outputs (how sentence-transformers checkpoints pool).
+
+A pretrained start (SPEC 8, configs/finetune.py) loses nothing: `fusion_feeds_embedding=
+False` mixes the encoders' own pooled vectors (the fusion only sets the gate), the text
+projections start as the identity and the image projection at zero
+(`projection_init='identity'`), and the gate at a_image = `initial_image_weight`. At step
+0 the query and product embeddings are then the imported checkpoint's own. With loss
+`qpm_image` on, a matching head gives the image tower a retrieval loss of its own
+(`image_emb`).
 
 `product_image=False` is the text-only two-tower (the CLIP-style baseline): the product tower
 is the title encoder alone, normalize(proj_t(title [CLS])), with weights (1, 0) for every
