@@ -58,7 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.masking.mlm_prob = 0.0
   c.masking.keyword_enhancement = False
   c.masking.mpm_prob = 0.0
-  c.loss.weights = ml_collections.ConfigDict(dict(mlm=0.0, mpm=0.0, mpm_r=0.0, qpm=1.0, qpc=1.0))
+  c.loss.weights = ml_collections.ConfigDict(
+    dict(mlm=0.0, mpm=0.0, mpm_r=0.0, qpm=1.0, qpc=1.0, qpm_image=0.0)
+  )
   c.loss.cdns_start_fraction = 0.0
   c.loss.bank_batches = 0
   c.optim.learning_rate = 1e-3
