@@ -8,7 +8,9 @@ at scale 20, AdamW 2e-5, batch 64, each batch padded to its longest text as
 sentence-transformers pads). Against it: this project's real train step
 (`train/step.make_train_step`, jitted with the state donated, as the trainer runs it) of the
 `minilm_two_tower_text` results row (configs/finetune.py, `model.product_image=False`, QPM
-alone; separate query and title encoders, fixed lengths 12 and 24).
+alone; separate query and title encoders, lengths 12 and 24, each batch's texts packed into
+shared rows as the trainer packs them: `data.pack_text`, make_jax/input/packing.py). The
+step is compiled for every batch shape before the timing starts.
 
 Both train on the same real (query, title) pairs of fashion_products' train split, each
 tokenised its own way outside the timing. Rounds alternate: `steps_per_round` steps of one,
@@ -100,6 +102,7 @@ def _jax_loop(pairs, batch, steps):
   from benchmarks import step_setup
   from configs import finetune
   from make_jax.evaluation import results
+  from make_jax.input import packing
   from make_jax.models import bert_import
   from make_jax.models.make_model import build_model, example_batch, init_params
   from make_jax.text.preprocess import TextPreprocessor
@@ -130,6 +133,8 @@ def _jax_loop(pairs, batch, steps):
       [t for _, t in chunk], config.text.title_len
     )
     b['product_id'] = np.arange(i, i + batch, dtype=np.int32)
+    if config.data.pack_text:
+      b = packing.add_pack_indices(b, int(config.data.pack_row_multiple))
     batches.append(jax.device_put(b))
   holder = {'state': state, 'i': 0}
 
@@ -139,7 +144,8 @@ def _jax_loop(pairs, batch, steps):
       holder['i'] += 1
     jax.block_until_ready(metrics)
 
-  run()  # Compile.
+  for _ in range(-(-len(batches) // steps)):
+    run()  # Compile (once per batch shape) and warm up.
   return run
 
 

@@ -36,6 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_epochs = None  # None: repeat forever; the trainer stops at num_steps.
   c.data.image_size = 64  # Images are resized to (image_size, image_size, 3) uint8.
   c.data.worker_count = 0  # Input featurising threads (0: in the calling thread).
+  # Sequence packing (make_jax/input/packing.py): each batch's queries and titles share rows
+  # of their field's length, a token attending to its own text only; the same outputs for
+  # fewer tokens. One device (parallelism='single') only. The row count is rounded up to a
+  # multiple of pack_row_multiple, so the step compiles for a few shapes.
+  c.data.pack_text = False
+  c.data.pack_row_multiple = 8
   # Readers the global batch is split into (0: one per process). Fixed, it fixes the data
   # order whatever the process count (a 1-host run then equals a 2-host one).
   c.data.input_shards = 0

@@ -240,8 +240,10 @@ class MakeModel(nn.Module):
           'clean ids it emits)'
         )
     # Masked pass: MLM / MPM inputs.
-    query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train)
-    title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train)
+    # Packed rows (make_jax/input/packing.py) where the batch carries packing indices.
+    q_pack, t_pack = batch.get('query_pack'), batch.get('title_pack')
+    query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train, pack=q_pack)
+    title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train, pack=t_pack)
     image = None
     if cfg.product_image:
       image = self.image_encoder(
@@ -253,8 +255,12 @@ class MakeModel(nn.Module):
     # Retrieval pass: the unmasked inputs (the ResNet ran once, above).
     query_clean, title_clean = query, title
     if cfg.retrieval_from_unmasked:
-      query_clean = self.query_encoder(batch['query_clean_ids'], batch['query_mask'], train=train)
-      title_clean = self.title_encoder(batch['title_clean_ids'], batch['title_mask'], train=train)
+      query_clean = self.query_encoder(
+        batch['query_clean_ids'], batch['query_mask'], train=train, pack=q_pack
+      )
+      title_clean = self.title_encoder(
+        batch['title_clean_ids'], batch['title_mask'], train=train, pack=t_pack
+      )
     query_emb = l2_normalize(self.query_proj(pool(query_clean, batch['query_mask'], cfg.pooling)))
     if image is None:
       product_emb, weights = self._title_only(title_clean, batch['title_mask'])

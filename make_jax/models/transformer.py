@@ -27,6 +27,14 @@ def attention_bias(mask: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array
   return jnp.where(mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
 
 
+def segment_attention_bias(segments: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """An additive [R, 1, L, L] bias for packed rows: segments [R, L] (0 = empty slot, s > 0 =
+  the s-th text) let a token attend only to the tokens of its own text."""
+  big_neg = jnp.finfo(dtype).min
+  same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+  return jnp.where(same[:, None], 0.0, big_neg).astype(dtype)
+
+
 def pool(tokens: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
   """One vector per sequence from token outputs [B, L, H] and their mask [B, L].
 
@@ -139,8 +147,12 @@ class TransformerStack(nn.Module):
   num_layers: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
-    bias = attention_bias(mask)
+  def __call__(
+    self, x: jax.Array, mask: jax.Array, *, train: bool, bias: jax.Array | None = None
+  ) -> jax.Array:
+    """`bias` (e.g. `segment_attention_bias`) replaces the key-padding bias of `mask`."""
+    if bias is None:
+      bias = attention_bias(mask)
     for i in range(self.num_layers):
       x = EncoderLayer(self.cfg, name=f'layer_{i}')(x, bias, train=train)
     return x
@@ -173,19 +185,55 @@ class TextEncoder(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
     self.stack = TransformerStack(cfg, cfg.num_layers, name='stack')
 
-  def __call__(self, ids: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
-    """Encodes token ids [B, L] (mask [B, L], 1 = real token) into [B, L, H]."""
+  def __call__(
+    self,
+    ids: jax.Array,
+    mask: jax.Array,
+    *,
+    train: bool = False,
+    pack: jax.Array | None = None,
+  ) -> jax.Array:
+    """Encodes token ids [B, L] (mask [B, L], 1 = real token) into [B, L, H].
+
+    With `pack` [R, L] (make_jax/input/packing.py: slot -> flat index b * L + l, -1 empty)
+    the real tokens are encoded in R packed rows, each attending to its own text only and
+    at its own position l, and the outputs come back to [B, L, H]: a real token's output
+    is the unpacked one (padding positions hold arbitrary values; every consumer masks
+    them). Dropout draws differ between the two layouts.
+    """
     length = ids.shape[-1]
     if length > self.cfg.max_position:
       raise ValueError(
         f'sequence length {length} exceeds model.max_position={self.cfg.max_position}'
       )
+    if pack is None:
+      positions = jnp.arange(length)[None]
+    else:
+      if pack.ndim != 2 or pack.shape[1] != length:
+        raise ValueError(f'pack must be [R, {length}] for ids {ids.shape}; got {pack.shape}')
+      valid = pack >= 0
+      flat = jnp.where(valid, pack, 0)
+      ids = jnp.where(valid, ids.reshape(-1)[flat], 0)
+      positions = flat % length
+      segments = jnp.where(valid, flat // length + 1, 0)
     x = self.word_embeddings(ids)
-    x = x + self.position_embeddings(jnp.arange(length))[None]
+    x = x + self.position_embeddings(positions)
     x = x + self.type_embeddings(jnp.zeros_like(ids))  # Single-segment inputs: type 0.
     x = self.dropout(self.embeddings_ln(x), deterministic=not train)
     x = constrain(x, BATCH_LEN_EMBED)
-    return self.stack(x, mask, train=train)
+    if pack is None:
+      return self.stack(x, mask, train=train)
+    x = self.stack(x, valid, train=train, bias=segment_attention_bias(segments))
+    # Back to [B, L]: each real token from its slot (scatter the slot numbers by token);
+    # padding positions read slot 0.
+    total = mask.shape[0] * length
+    slot_of = (
+      jnp.zeros((total,), jnp.int32)
+      .at[jnp.where(valid, pack, total).reshape(-1)]
+      .set(jnp.arange(pack.size, dtype=jnp.int32), mode='drop')
+    )
+    out = x.reshape(pack.size, -1)[slot_of]
+    return constrain(out.reshape(*mask.shape, -1), BATCH_LEN_EMBED)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Logits against the word-embedding table (weight tying for the MLM head)."""

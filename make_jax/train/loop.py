@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from make_jax import atomic_file
+from make_jax.input import packing
 from make_jax.models import bert_import, make_model
 from make_jax.parallel import mesh as mesh_lib
 from make_jax.train import checkpoint as checkpoint_lib
@@ -135,6 +136,12 @@ def train_and_evaluate(
   schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
   pretrained_schedule = optimizer.pretrained_schedule(config.optim, num_steps)
   layout = layouts.make_layout(config, model, tx, text)
+  pack_text = bool(config.data.get('pack_text', False))
+  if pack_text and layout.name != 'single':
+    raise ValueError(
+      f"data.pack_text packs each batch on one device: it needs parallelism='single', "
+      f'not {layout.name!r}'
+    )
   data = inputs.ShardedInput(config, text, builder, local_device_count=len(layout.local_devices))
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(train.keep_checkpoints))
 
@@ -195,14 +202,22 @@ def train_and_evaluate(
   last: dict[str, float] = {}
   history: list[dict[str, float]] = []
   logger = None
-  step_fn = layout.step
+  # The step compiled per batch shape: one shape, except with packing (a few row counts).
+  compiled: dict[tuple[Any, ...], Any] = {}
   step = start
   try:
     for step in range(start + 1, last_step + 1):
       host_batch = next(data)
+      if pack_text:
+        host_batch = packing.add_pack_indices(host_batch, int(config.data.pack_row_multiple))
       batch = layout.put_batch(host_batch)
-      if logger is None:  # Compile once, explicitly: the FLOPs of the step give the MFU.
-        step_fn = layout.step.lower(state, batch).compile()
+      shapes = tuple(sorted((k, np.shape(v)) for k, v in host_batch.items()))
+      step_fn = compiled.get(shapes)
+      if step_fn is None:  # Compiled explicitly: the FLOPs of the step give the MFU.
+        step_fn = compiled[shapes] = layout.step.lower(state, batch).compile()
+        if len(compiled) > 1:
+          logging.info('step %d: compiled for a new batch shape (%d so far)', step, len(compiled))
+      if logger is None:
         per_device = 1 if layout.name == 'single' else jax.device_count()
         logger = reporting.WindowLogger(
           log_every=int(train.log_every),

@@ -103,6 +103,13 @@ def make_train_step(
   num_regions = int(config.model.image_grid) ** 2
 
   def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    # Packing indices (make_jax/input/packing.py) are per batch, not per example: they
+    # bypass the per-example masking and go to the model as they are.
+    packs = {k: v for k, v in batch.items() if k.endswith('_pack')}
+    if packs and axis_name is not None:
+      raise ValueError(
+        f'packed batches ({sorted(packs)}) run on one device only (parallelism=single)'
+      )
     mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     row_offset = 0
     if axis_name is not None:
@@ -112,7 +119,7 @@ def make_train_step(
       row_offset = device * batch['image_missing'].shape[0]
       dropout_rng = jax.random.fold_in(dropout_rng, device)
     masked = masking.mask_batch_by_example(
-      batch,
+      {k: v for k, v in batch.items() if k not in packs},
       mask_rng,
       config.masking,
       row_offset=row_offset,
@@ -123,6 +130,7 @@ def make_train_step(
       vocab_size=tokens.vocab_size,
       num_regions=num_regions,
     )
+    masked.update(packs)
 
     def loss_fn(params):
       outputs = model.apply({'params': params}, masked, train=True, rngs={'dropout': dropout_rng})
