@@ -47,6 +47,18 @@ def _own_embedding(model, params, ids, mask, encoder):
   return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
 
 
+def _product(model, params, batch):
+  """`encode_product` of a batch: (embeddings, modal weights)."""
+  return model.apply(
+    {'params': params},
+    batch['title_ids'],
+    batch['title_mask'],
+    batch['image'],
+    batch['image_missing'],
+    method='encode_product',
+  )
+
+
 def test_step0_embeddings_are_the_text_encoders_own_whatever_the_image():
   config = _start_config()
   model = build_model(config)
@@ -55,14 +67,7 @@ def test_step0_embeddings_are_the_text_encoders_own_whatever_the_image():
   q = model.apply(
     {'params': params}, batch['query_ids'], batch['query_mask'], method='encode_query'
   )
-  p, w = model.apply(
-    {'params': params},
-    batch['title_ids'],
-    batch['title_mask'],
-    batch['image'],
-    batch['image_missing'],
-    method='encode_product',
-  )
+  p, w = _product(model, params, batch)
   np.testing.assert_allclose(
     q,
     _own_embedding(model, params, batch['query_ids'], batch['query_mask'], 'query_encoder'),
@@ -77,15 +82,7 @@ def test_step0_embeddings_are_the_text_encoders_own_whatever_the_image():
   has_image = ~batch['image_missing']
   np.testing.assert_allclose(np.asarray(w)[has_image], [[0.95, 0.05]] * has_image.sum(), rtol=1e-6)
   # Other pixels, same embeddings: the untrained image tower does not reach them.
-  other = dict(batch, image=255 - batch['image'])
-  p2, _ = model.apply(
-    {'params': params},
-    other['title_ids'],
-    other['title_mask'],
-    other['image'],
-    other['image_missing'],
-    method='encode_product',
-  )
+  p2, _ = _product(model, params, dict(batch, image=255 - batch['image']))
   np.testing.assert_array_equal(np.asarray(p), np.asarray(p2))
 
 
@@ -97,14 +94,7 @@ def test_the_image_learns_upward_from_zero():
   params = init_params(model, jax.random.key(0), batch)
 
   def loss(params):
-    p, _ = model.apply(
-      {'params': params},
-      batch['title_ids'],
-      batch['title_mask'],
-      batch['image'],
-      batch['image_missing'],
-      method='encode_product',
-    )
+    p, _ = _product(model, params, batch)
     return -(p * jax.random.normal(jax.random.key(1), p.shape)).sum()
 
   grads = jax.grad(loss)(params)

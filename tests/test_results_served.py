@@ -183,3 +183,38 @@ def test_best_trained_row_by_default_test_recall():
     served.best_trained_row(
       {'rows': {'bm25': row(0.9), 'make': {'splits': {}}}}, results.TRAINED_ROWS
     )
+
+
+def test_pretrained_rows_train_once_per_scored_builder_config(tmp_path):
+  """A per-config row trains on each scored config's own train split, into its own workdir,
+  with that config's overrides; a from-scratch row trains once, on default; the validation
+  split that picks the served row is scored too. (No checkpoint is written here, so every
+  row ends 'not trained' and nothing is scored.)"""
+  calls = []
+  loaded = []
+
+  def load_split(config, split):
+    loaded.append((config, split))
+    return None, None, []
+
+  def train(row, workdir, builder_config):
+    calls.append((row.name, workdir.relative_to(tmp_path).as_posix(), builder_config))
+
+  out = results.run_results(
+    ['minilm_make', 'make'],
+    tmp_path,
+    load_split=load_split,
+    splits=[('default', 'test'), ('hide_colour', 'test')],
+    select_on=('default', 'validation'),
+    train=train,
+  )
+  assert loaded == [('default', 'test'), ('hide_colour', 'test'), ('default', 'validation')]
+  assert calls == [
+    ('minilm_make', 'runs/minilm_make', 'default'),
+    ('minilm_make', 'runs/minilm_make@hide_colour', 'hide_colour'),
+    ('make', 'runs/make', 'default'),
+  ]
+  assert set(out['rows']['minilm_make']['train_seconds_by_config']) == {'default', 'hide_colour'}
+  assert out['rows']['make']['status'].startswith('not trained')
+  row = results.Row('r', 'R', 'trained', {'a': 1, 'b': 2}, config_overrides={'x': {'b': 3}})
+  assert row.overrides_for('x') == {'a': 1, 'b': 3} and row.overrides_for('y') == {'a': 1, 'b': 2}

@@ -80,7 +80,9 @@ def _train(row: results.Row, workdir: pathlib.Path, builder_config: str) -> None
   }
   if learns and shared_vocab.exists():
     data['text.vocab_path'] = str(shared_vocab)
-  config = results.apply_overrides(results.apply_overrides(base, data), row.overrides)
+  config = results.apply_overrides(
+    results.apply_overrides(base, data), row.overrides_for(builder_config)
+  )
   loop.train_and_evaluate(config, workdir, init_from=row.init_from or _INIT_FROM.value)
   if learns and not shared_vocab.exists():
     atomic_file.write_bytes(shared_vocab, (workdir / 'vocab.txt').read_bytes())

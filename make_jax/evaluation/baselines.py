@@ -109,9 +109,8 @@ class MiniLM:
 
     path = pathlib.Path(checkpoint_dir or bert_import.default_checkpoint_dir())
     config, _ = bert_import.load_checkpoint(path)
-    pooling = path / '1_Pooling' / 'config.json'
-    if pooling.is_file() and not json.loads(pooling.read_text()).get('pooling_mode_mean_tokens'):
-      raise ValueError(f'{path} is not a mean-pooling sentence model ({pooling})')
+    if bert_import.checkpoint_pooling(path) not in (None, 'mean'):
+      raise ValueError(f'{path} is not a mean-pooling sentence model (its 1_Pooling file)')
     st_config = path / 'sentence_bert_config.json'
     self.max_len = (
       json.loads(st_config.read_text()).get('max_seq_length', 256) if st_config.is_file() else 256

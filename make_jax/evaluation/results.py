@@ -109,6 +109,13 @@ class Row:
   # split (`row_workdir`), so a hide_colour row learns from titles that hide colours as its
   # test titles do; False trains once on default's train split and scores it everywhere.
   per_config: bool = False
+  # With per_config: further overrides for one builder config's run, each chosen on that
+  # config's validation split (e.g. {'hide_colour': {'loss.weights.qpm_image': 1.0}}).
+  config_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+  def overrides_for(self, builder_config: str) -> dict[str, Any]:
+    """The row's overrides for its run on `builder_config`."""
+    return {**self.overrides, **self.config_overrides.get(builder_config, {})}
 
 
 # The pretrained section: configs/finetune.py from the packaged all-MiniLM-L6-v2. One device,

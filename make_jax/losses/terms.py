@@ -12,17 +12,38 @@ from jax import lax
 from make_jax.losses import mlm, mpm, qpc, qpm, registry
 
 
-@registry.register('qpm')
-def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
-  """Paper eq. 3 with CDNS from cfg.loss.cdns_start_fraction and MBNS from the bank."""
-  registry.require(outputs, ('query_emb', 'product_emb'), 'qpm', 'model output')
-  registry.require(batch, ('log_p', 'product_id'), 'qpm', 'batch')
+def _qpm_against(product_key, name, outputs, batch, loss_cfg, ctx, **bank_kw):
+  """`qpm.qpm_loss` of the queries against `outputs[product_key]` with cfg.loss's
+  temperature (the model's learned one or the constant), CDNS schedule, in-batch weight and
+  log-p correction; `bank_kw` (bank, bank_start_step, w_mbns) adds MBNS."""
+  registry.require(outputs, ('query_emb', product_key), name, 'model output')
+  registry.require(batch, ('log_p', 'product_id'), name, 'batch')
   if loss_cfg.qpm_learn_temperature:
     # The model owns (and trains) the temperature.
-    registry.require(outputs, ('qpm_temperature',), 'qpm', 'model output')
+    registry.require(outputs, ('qpm_temperature',), name, 'model output')
     temperature = outputs['qpm_temperature']
   else:
     temperature = jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
+  return qpm.qpm_loss(
+    outputs['query_emb'],
+    outputs[product_key],
+    batch['log_p'],
+    batch['product_id'],
+    temperature,
+    step=ctx.step,
+    cdns_start=qpm.start_step(
+      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
+    ),
+    w_batch=loss_cfg.w_batch,
+    logp_correction=loss_cfg.logp_correction,
+    axis_name=ctx.axis_name,
+    **bank_kw,
+  )
+
+
+@registry.register('qpm')
+def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
+  """Paper eq. 3 with CDNS from cfg.loss.cdns_start_fraction and MBNS from the bank."""
   bank = ctx.bank
   if loss_cfg.bank_batches > 0:
     if bank is None:
@@ -34,24 +55,18 @@ def qpm_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
       )
   else:
     bank = None
-  return qpm.qpm_loss(
-    outputs['query_emb'],
-    outputs['product_emb'],
-    batch['log_p'],
-    batch['product_id'],
-    temperature,
-    step=ctx.step,
-    cdns_start=qpm.start_step(
-      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
-    ),
+  return _qpm_against(
+    'product_emb',
+    'qpm',
+    outputs,
+    batch,
+    loss_cfg,
+    ctx,
     bank=bank,
     bank_start_step=qpm.start_step(
       loss_cfg.bank_start_fraction, ctx.num_steps, 'loss.bank_start_fraction'
     ),
     w_mbns=loss_cfg.w_mbns,
-    w_batch=loss_cfg.w_batch,
-    logp_correction=loss_cfg.logp_correction,
-    axis_name=ctx.axis_name,
   )
 
 
@@ -61,27 +76,7 @@ def qpm_image_term(outputs, batch, loss_cfg, ctx: registry.LossContext):
   negatives as QPM, no queue. It trains the image tower by itself, so that the image has
   something to offer before Modal Adaptation weighs it (a pretrained start begins with the
   image at zero weight). Image-missing products are scored like any other (a blank image)."""
-  registry.require(outputs, ('query_emb', 'image_emb'), 'qpm_image', 'model output')
-  registry.require(batch, ('log_p', 'product_id'), 'qpm_image', 'batch')
-  temperature = (
-    outputs['qpm_temperature']
-    if loss_cfg.qpm_learn_temperature
-    else jnp.asarray(loss_cfg.qpm_temperature, jnp.float32)
-  )
-  share, metrics = qpm.qpm_loss(
-    outputs['query_emb'],
-    outputs['image_emb'],
-    batch['log_p'],
-    batch['product_id'],
-    temperature,
-    step=ctx.step,
-    cdns_start=qpm.start_step(
-      loss_cfg.cdns_start_fraction, ctx.num_steps, 'loss.cdns_start_fraction'
-    ),
-    w_batch=loss_cfg.w_batch,
-    logp_correction=loss_cfg.logp_correction,
-    axis_name=ctx.axis_name,
-  )
+  share, metrics = _qpm_against('image_emb', 'qpm_image', outputs, batch, loss_cfg, ctx)
   return share, {'qpm_image' + k.removeprefix('qpm'): v for k, v in metrics.items()}
 
 

@@ -164,7 +164,7 @@ class MakeModel(nn.Module):
     if not self.cfg.product_image:
       return self._title_only(title, title_mask)
     img = self.image_encoder(image, None, train=train).tokens
-    return self._fuse(title, title_mask, img, image_missing, train)[:2]
+    return self._fuse(title, title_mask, img, image_missing, train)
 
   def _title_only(self, title, title_mask):
     """The text-only product tower: normalize(proj_t(pooled title)), weights (1, 0)."""
@@ -173,8 +173,7 @@ class MakeModel(nn.Module):
     return constrain(emb, ('act_batch', 'act_embed')), weights
 
   def _fuse(self, title, title_mask, img, image_missing, train):
-    """Modal Adaptation over title and image token outputs -> (embedding, modal weights,
-    the image tower's own matching embedding)."""
+    """Modal Adaptation over title and image token outputs -> (embedding, modal weights)."""
     cfg = self.cfg
     missing = jnp.asarray(image_missing).astype(bool)
     if missing.shape != (title.shape[0],):
@@ -208,10 +207,7 @@ class MakeModel(nn.Module):
     mixed = jnp.where(
       missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image
     )
-    emb = constrain(l2_normalize(mixed), ('act_batch', 'act_embed'))
-    if not cfg.image_match_head:
-      return emb, weights, None
-    return emb, weights, l2_normalize(self.image_match_proj(img[:, 0]))
+    return constrain(l2_normalize(mixed), ('act_batch', 'act_embed')), weights
 
   # --- Training forward pass ---------------------------------------------------------------
 
@@ -266,7 +262,7 @@ class MakeModel(nn.Module):
       product_emb, weights = self._title_only(title_clean, batch['title_mask'])
     else:
       img_clean = image.unmasked_tokens if cfg.retrieval_from_unmasked else image.tokens
-      product_emb, weights, image_emb = self._fuse(
+      product_emb, weights = self._fuse(
         title_clean, batch['title_mask'], img_clean, batch['image_missing'], train
       )
     out = {
@@ -288,8 +284,8 @@ class MakeModel(nn.Module):
       # Targets carry gradient here; the MPM losses apply cfg.loss.mpm_stop_gradient_target.
       out['mpm_target'] = image.regions.astype(cfg.output_dtype)
       out['mpm_r_tau'] = jnp.exp(self.log_mpm_r_tau)
-      if image_emb is not None:
-        out[IMAGE_MATCH_KEY] = image_emb
+      if cfg.image_match_head:  # The image tower alone, through its own matching head.
+        out[IMAGE_MATCH_KEY] = l2_normalize(self.image_match_proj(img_clean[:, 0]))
     if cfg.qpm_learn_temperature:
       out['qpm_temperature'] = jnp.exp(self.log_qpm_temperature)
     return out
