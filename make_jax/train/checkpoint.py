@@ -14,22 +14,96 @@ One checkpoint `<workdir>/checkpoints/<step>/` holds three items:
 
 `latest_params(path, config)` is the export side's way in: the params of the newest (or a
 given) checkpoint, as unsharded arrays on one device.
+
+Damage on disk (a truncated or overwritten file, a deleted one): once a save is complete,
+`<step>/integrity.json` records the size and SHA-256 of every file of that step. A restore
+(training's resume, `latest_params` for export and serving) checks them and tries the
+newest checkpoint first, then each older one: a damaged checkpoint is reported by step and
+file and skipped (the trainer moves it aside to `<step>.damaged`, so the resumed run can
+write that step again); with no intact checkpoint left the error says so in one line. A
+checkpoint without the record (its writer died before writing it) is read as it is, and
+skipped if orbax cannot read it.
 """
 
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import SingleDeviceSharding
 
 from make_jax.models import bert_import
+from make_jax.parallel import mesh as mesh_lib
 
 CHECKPOINTS = 'checkpoints'
+INTEGRITY = 'integrity.json'
+
+
+class CheckpointError(ValueError):
+  """No intact checkpoint where one was expected (the message is one line)."""
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open('rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _step_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(
+    p
+    for p in step_dir.rglob('*')
+    if p.is_file() and p.relative_to(step_dir).as_posix() != INTEGRITY
+  )
+
+
+def write_integrity(step_dir: str | os.PathLike) -> None:
+  """Records size and SHA-256 of every file of a complete checkpoint (atomically)."""
+  from make_jax import atomic_file
+
+  step_dir = pathlib.Path(step_dir)
+  files = {
+    p.relative_to(step_dir).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
+    for p in _step_files(step_dir)
+  }
+  atomic_file.write_text(step_dir / INTEGRITY, json.dumps({'files': files}, indent=1))
+
+
+def check_integrity(step_dir: str | os.PathLike) -> str | None:
+  """Why the checkpoint in `step_dir` is damaged ('<file>: <what>'), or None: intact by its
+  record, or written without one (nothing to check against)."""
+  step_dir = pathlib.Path(step_dir)
+  record = step_dir / INTEGRITY
+  if not record.is_file():
+    return None
+  try:
+    files = json.loads(record.read_text())['files']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f'{record}: unreadable integrity record ({type(e).__name__})'
+  for name, want in files.items():
+    path = step_dir / name
+    if not path.is_file():
+      return f'{path}: missing'
+    size = path.stat().st_size
+    if size != want['size']:
+      return f'{path}: {size} bytes, {want["size"]} written'
+    if _sha256(path) != want['sha256']:
+      return f'{path}: contents changed since written (SHA-256 mismatch)'
+  return None
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
 
 
 def _steps_dir(path: pathlib.Path) -> pathlib.Path:
@@ -58,6 +132,15 @@ class Checkpointer:
     """The newest complete checkpoint's step (None when there is none)."""
     return self.manager.latest_step()
 
+  def _record_integrity(self) -> None:
+    """Writes the integrity record of every finished step that lacks one (process 0)."""
+    if jax.process_index() != 0:
+      return
+    for step in self.manager.all_steps():
+      step_dir = self.directory / str(step)
+      if step_dir.is_dir() and not (step_dir / INTEGRITY).exists():
+        write_integrity(step_dir)
+
   def save(
     self,
     step: int,
@@ -65,7 +148,11 @@ class Checkpointer:
     input_shards: list[dict[str, Any]],
     config: ml_collections.ConfigDict,
   ) -> None:
-    """Starts writing checkpoint `step` (returns once the state is copied off the devices)."""
+    """Starts writing checkpoint `step` (returns once the state is copied off the devices).
+
+    The previous save is finished first and its integrity recorded."""
+    self.manager.wait_until_finished()
+    self._record_integrity()
     self.manager.save(
       step,
       args=ocp.args.Composite(
@@ -84,14 +171,74 @@ class Checkpointer:
     )
     return restored['state'], list(restored['input']['shards'])
 
+  def restore_newest_intact(
+    self, target: Any, log: Any = None
+  ) -> tuple[int, Any, list[dict[str, Any]]] | None:
+    """(step, canonical state, input shard states) of the newest checkpoint that reads back
+    intact; None when the workdir has no checkpoint.
+
+    A damaged checkpoint (integrity record mismatch, or orbax cannot read it) is reported
+    through `log(message)` with its step and file, moved aside to `<step>.damaged` by
+    process 0, and the next older one is tried.
+
+    Raises:
+      CheckpointError: checkpoints exist but none is intact (one line naming each).
+    """
+    log = log or logging.warning
+    damaged = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      step_dir = self.directory / str(step)
+      why = check_integrity(step_dir)
+      if why is None:
+        try:
+          state, shards = self.restore(step, target)
+          break
+        except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+          why = f'{step_dir}: {_one_line(e)}'
+      damaged.append((step, why))
+      log(f'checkpoint step {step} is damaged ({why}); trying the previous one')
+    else:
+      if damaged:
+        raise CheckpointError(
+          f'no intact checkpoint in {self.directory}: '
+          + '; '.join(f'step {s}: {w}' for s, w in damaged)
+        )
+      return None
+    if damaged:
+      if jax.process_index() == 0:
+        for s, _ in damaged:
+          aside = self.directory / f'{s}.damaged'
+          shutil.rmtree(aside, ignore_errors=True)
+          (self.directory / str(s)).rename(aside)
+      mesh_lib.wait_for_all_processes('damaged_checkpoints_moved')
+      self.manager.reload()
+    return step, state, shards
+
   def wait(self) -> None:
-    """Blocks until pending saves are complete."""
+    """Blocks until pending saves are complete (and records their integrity)."""
     self.manager.wait_until_finished()
+    self._record_integrity()
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
     self.manager.wait_until_finished()
+    self._record_integrity()
     self.manager.close()
+
+
+def _step_dirs(path: pathlib.Path) -> list[tuple[pathlib.Path, int]]:
+  """(step directory, step) of every complete checkpoint under `path`, newest first."""
+  if (path / 'state').is_dir() and path.name.isdigit():
+    return [(path, int(path.name))]
+  steps_dir = _steps_dir(path)
+  if not steps_dir.is_dir():
+    return []
+  manager = ocp.CheckpointManager(
+    steps_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+  )
+  steps = sorted(manager.all_steps(), reverse=True)
+  manager.close()
+  return [(steps_dir / str(step), int(step)) for step in steps]
 
 
 def find_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
@@ -103,17 +250,9 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
     FileNotFoundError: no complete checkpoint there.
   """
   path = pathlib.Path(path).absolute()
-  if (path / 'state').is_dir() and path.name.isdigit():
-    return path, int(path.name)
-  steps_dir = _steps_dir(path)
-  if steps_dir.is_dir():
-    manager = ocp.CheckpointManager(
-      steps_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
-    )
-    step = manager.latest_step()
-    manager.close()
-    if step is not None:
-      return steps_dir / str(step), int(step)
+  found = _step_dirs(path)
+  if found:
+    return found[0]
   raise FileNotFoundError(
     f'No complete checkpoint under {path} (looked for {CHECKPOINTS}/<step>/state written by '
     'python -m tools.train)'
@@ -143,14 +282,33 @@ def latest_params(path: str | os.PathLike, config: ml_collections.ConfigDict) ->
   device. `config` must describe the model that wrote the checkpoint (`<workdir>/config.json`
   holds it).
 
+  A damaged checkpoint (see the module docstring) is logged with its step and file and
+  the next older one is read.
+
   Raises:
     FileNotFoundError: no complete checkpoint there.
+    CheckpointError: checkpoints exist but none is intact (one line naming each).
   """
-  step_dir, step = find_checkpoint(path)
+  path = pathlib.Path(path).absolute()
+  candidates = _step_dirs(path)
+  if not candidates:
+    find_checkpoint(path)  # Raises the FileNotFoundError.
   target = _abstract_params(config)
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(step_dir / 'state', target)
-  return state.params, step
+  damaged = []
+  for step_dir, step in candidates:
+    why = check_integrity(step_dir)
+    if why is None:
+      try:
+        with ocp.StandardCheckpointer() as ckptr:
+          state = ckptr.restore(step_dir / 'state', target)
+        return state.params, step
+      except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+        why = f'{step_dir}: {_one_line(e)}'
+    damaged.append((step, why))
+    logging.warning('checkpoint step %d is damaged (%s); trying the previous one', step, why)
+  raise CheckpointError(
+    f'no intact checkpoint under {path}: ' + '; '.join(f'step {s}: {w}' for s, w in damaged)
+  )
 
 
 def init_from_dir(value: str) -> str:

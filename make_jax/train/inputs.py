@@ -80,11 +80,18 @@ def load_text(
   preprocessor = TextPreprocessor.from_config(text, path, domain_words)
   if jax.process_index() == 0:
     if not path.parent.samefile(workdir) or path.name != 'vocab.txt':
-      atomic_file.write_bytes(workdir / 'vocab.txt', path.read_bytes())
+      _write_if_changed(workdir / 'vocab.txt', path.read_bytes())
     # The dictionary as the segmenter holds it (normalised, sorted): serving must use it too.
     words = '\n'.join(preprocessor.domain_words)
-    atomic_file.write_bytes(workdir / 'domain_words.txt', (words + '\n' if words else '').encode())
+    _write_if_changed(workdir / 'domain_words.txt', (words + '\n' if words else '').encode())
   return preprocessor
+
+
+def _write_if_changed(path: pathlib.Path, data: bytes) -> None:
+  """Writes atomically unless the file already holds `data` (a resume leaves it alone)."""
+  if path.is_file() and path.read_bytes() == data:
+    return
+  atomic_file.write_bytes(path, data)
 
 
 def num_input_shards(config: ml_collections.ConfigDict) -> int:

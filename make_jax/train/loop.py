@@ -126,9 +126,6 @@ def train_and_evaluate(
   last_step = num_steps if stop_at is None else min(int(stop_at), num_steps)
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_file.write_text(
-      workdir / 'config.json', json.dumps(checkpoint_lib.config_json(config), indent=2)
-    )
   builder = _builder(config)
   text = inputs.load_text(config, builder, workdir)
   model = make_model.build_model(config)
@@ -145,9 +142,10 @@ def train_and_evaluate(
   data = inputs.ShardedInput(config, text, builder, local_device_count=len(layout.local_devices))
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(train.keep_checkpoints))
 
-  start = ckpt.latest_step()
-  if start is not None:
-    canonical, shard_states = ckpt.restore(start, layout.restore_target)
+  # The newest intact checkpoint (damaged ones are reported and moved aside).
+  restored = ckpt.restore_newest_intact(layout.restore_target)
+  if restored is not None:
+    start, canonical, shard_states = restored
     state = layout.from_canonical(canonical)
     data.restore(shard_states)
     logging.info('Resumed from step %d of %s', start, ckpt.directory)
@@ -159,6 +157,10 @@ def train_and_evaluate(
       params = checkpoint_lib.load_init_params(init_from, config, canonical.params)
       state = layout.from_canonical(canonical.replace(params=params))
       logging.info('Parameters initialised from %s', init_from)
+  if primary:  # Only once the restore has succeeded: a failed resume leaves the run as it was.
+    atomic_file.write_text(
+      workdir / 'config.json', json.dumps(checkpoint_lib.config_json(config), indent=2)
+    )
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.restore_target.params))
   logging.info(
     '%s layout on %d devices (%d processes); %s parameters; global batch %d; steps %d -> %d',
