@@ -12,6 +12,8 @@ that rebuilds it.
 
 import json
 import shutil
+import urllib.parse
+from unittest import mock
 
 import jax
 import numpy as np
@@ -19,7 +21,7 @@ import pytest
 
 from configs import tiny
 from make_jax.datasets import loading
-from make_jax.export import embed, model_handler, query_table
+from make_jax.export import embed, model_handler, query_table, querylog
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
 from make_jax.models import make_model
@@ -78,7 +80,7 @@ def served(tmp_path_factory):
   searcher = service.searcher_from_workdir(lay.root, params=params, buckets=(8,), max_batch=2)
   model = make_model.build_model(config)
   encode = jax.jit(lambda i, m: model.apply({'params': params}, i, m, method=model.encode_query))
-  yield dict(config=config, lay=lay, encode=encode, searcher=searcher)
+  yield dict(config=config, lay=lay, encode=encode, searcher=searcher, params=params)
   searcher.encoder.close()
 
 
@@ -219,3 +221,112 @@ def test_filtered_overfetch_through_a_tree_index_keeps_recall():
     want, _ = search.exact(q, inverted.rows(filt), 10)
     hits += len(set(got.rows.tolist()) & set(want.tolist()))
   assert hits / 300 >= 0.99, hits / 300
+
+
+# --- Damaged artefacts: found, named, survived ------------------------------------------
+
+
+def _largest(directory):
+  files = [p for p in directory.rglob('*') if p.is_file() and p.name != 'manifest.json']
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _delete(path):
+  path.unlink()
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip(path):
+  data = bytearray(path.read_bytes())
+  at = len(data) // 2
+  data[at : at + 8] = bytes(b ^ 0xFF for b in data[at : at + 8])
+  path.write_bytes(bytes(data))
+
+
+FAULTS = {'deleted': _delete, 'truncated': _truncate, 'bytes_flipped': _flip}
+
+
+@pytest.mark.parametrize('fault', sorted(FAULTS))
+@pytest.mark.parametrize('artefact', ['products', 'index'])
+def test_a_damaged_export_or_index_is_named_with_its_rebuild(served, tmp_path, artefact, fault):
+  """Sizes are checked at every start (deleted, truncated); flipped bytes by the checksums
+  of `--verify` (`verify='checksums'`)."""
+  lay = _copy(served, tmp_path)
+  damaged = _largest(getattr(lay, artefact))
+  FAULTS[fault](damaged)
+  command = {'products': 'tools.export', 'index': 'tools.build_index'}[artefact]
+  verify = 'checksums' if fault == 'bytes_flipped' else 'sizes'
+  with pytest.raises(manifest_lib.ManifestError) as e:
+    service.searcher_from_workdir(lay.root, verify=verify)
+  assert str(damaged) in str(e.value) and command in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('artefact', ['products', 'index', 'query_table'])
+def test_a_damaged_manifest_is_named_with_its_rebuild(served, tmp_path, artefact):
+  lay = _copy(served, tmp_path)
+  manifest = getattr(lay, artefact) / 'manifest.json'
+  _truncate(manifest)
+  with pytest.raises(manifest_lib.ManifestError, match='build|export') as e:
+    service.searcher_from_workdir(lay.root)
+  assert str(manifest) in str(e.value) and 'damaged' in str(e.value)
+
+
+def _logged_shard(served, text):
+  words = served['searcher'].preprocessor.words(text)
+  return querylog.key_qid(querylog.words_key(words)) >> 30  # shard_bits=2.
+
+
+@pytest.mark.parametrize('fault', sorted(FAULTS))
+def test_a_damaged_table_shard_degrades_to_online_never_a_500(served, tmp_path, fault):
+  """Through the real server: the damaged shard's queries go online (exact search over the
+  export), the others stay on the table; /healthz says degraded and names the shard;
+  /metrics counts the lookups sent online; no request gets a 5xx."""
+  from tests.test_server import get, serve
+
+  lay = _copy(served, tmp_path)
+  shard = _logged_shard(served, '红色 连衣裙')
+  victim = lay.query_table / f'shard-{shard:05d}' / 'ids.npy'
+  FAULTS[fault](victim)
+  verify = 'checksums' if fault == 'bytes_flipped' else 'sizes'
+  searcher = service.searcher_from_workdir(
+    lay.root, params=served['params'], verify=verify, buckets=(8,), max_batch=2
+  )
+  try:
+    assert searcher.table.health()['bad_shards'] == {str(shard): mock.ANY}
+    assert str(victim) in searcher.table.health()['bad_shards'][str(shard)]
+    answer = searcher.search('红色 连衣裙', K, use_filters=False)
+    assert answer.path == 'online'
+    want_ids, _ = _exact(served, '红色 连衣裙')
+    assert [r.product_id for r in answer.results] == want_ids.tolist()
+    other = [q.split('\t')[0] for q in LOGGED if _logged_shard(served, q.split('\t')[0]) != shard]
+    for q in other:
+      assert searcher.search(q, K, use_filters=False).path == 'table', q
+    for port in serve(searcher):
+      statuses = [
+        get(port, '/search?q=' + urllib.parse.quote(q.split('\t')[0]))[0] for q in LOGGED * 3
+      ]
+      assert statuses == [200] * len(statuses)
+      health = json.loads(get(port, '/healthz')[2])
+      assert health['status'] == 'degraded' and str(shard) in health['table_bad_shards']
+      metrics = get(port, '/metrics')[2].decode()
+      line = next(m for m in metrics.splitlines() if m.startswith('make_table_degraded_lookups'))
+      assert float(line.split()[-1]) >= 3
+  finally:
+    searcher.encoder.close()
+
+
+def test_a_shard_garbled_after_start_is_marked_bad_at_its_first_lookup(served, tmp_path):
+  """Without checksums a same-size overwrite of the keys is caught when a lookup reads it:
+  that shard turns bad and the query goes online."""
+  lay = _copy(served, tmp_path)
+  shard = _logged_shard(served, '红色 连衣裙')
+  keys = lay.query_table / f'shard-{shard:05d}' / 'keys.bin'
+  keys.write_bytes(b'\xff' * keys.stat().st_size)
+  table = query_table.QueryTable(lay.query_table)
+  assert table.bad_shards == {}
+  words = served['searcher'].preprocessor.words('红色 连衣裙')
+  assert table.lookup(words) is None
+  assert shard in table.bad_shards and table.degraded_lookups == 1

@@ -18,6 +18,9 @@ result marked); `--relevance_mode=strict` is the paper's filter (lists may be sh
 A request may ask for the other with `&relevance_mode=`.
 """
 
+import sys
+import time
+
 import uvicorn
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,6 +46,12 @@ _RELEVANCE_MODE = flags.DEFINE_enum(
   'Relevance control: backfill (satisfying products first, then the best of the rest, '
   'k long) or strict (satisfying products only).',
 )
+_VERIFY = flags.DEFINE_bool(
+  'verify',
+  False,
+  "Check every artefact file's SHA-256 against its manifest at start-up (sizes are always "
+  'checked); the time it took is logged.',
+)
 
 
 def _from_workdir(workdir: str, **kwargs):
@@ -53,7 +62,13 @@ def _from_workdir(workdir: str, **kwargs):
     raise app.UsageError(f'--workdir needs the trainer checkpoint reader: {e}') from e
   params, step = checkpoint.latest_params(workdir, config)
   logging.info('serving %s at step %d', workdir, step)
-  return service.searcher_from_workdir(workdir, params=params, step=step, **kwargs)
+  start = time.perf_counter()
+  verify = 'checksums' if _VERIFY.value else 'sizes'
+  searcher = service.searcher_from_workdir(
+    workdir, params=params, step=step, verify=verify, **kwargs
+  )
+  logging.info('artefacts opened (%s checked) in %.2f s', verify, time.perf_counter() - start)
+  return searcher
 
 
 def searcher_from_flags():
@@ -74,7 +89,20 @@ def searcher_from_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  searcher = searcher_from_flags()
+  from make_jax.export.manifest import ManifestError
+
+  damaged: tuple[type[Exception], ...] = (ManifestError, FileNotFoundError)
+  try:
+    from make_jax.train.checkpoint import CheckpointError
+
+    damaged += (CheckpointError,)
+  except ImportError:  # Serving without the trainer's checkpoint reader (--demo).
+    pass
+  try:
+    searcher = searcher_from_flags()
+  except damaged as e:
+    # A missing or damaged artefact: one line naming it and its rebuild, no traceback.
+    sys.exit(f'tools.serve: {e}')
   logging.info(
     'serving %d products on http://%s:%d/', len(searcher.catalogue), _HOST.value, _PORT.value
   )

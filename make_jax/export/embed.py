@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import pathlib
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -255,19 +256,27 @@ def export_queries(
 
 
 def read_embeddings(
-  directory: str | os.PathLike,
+  directory: str | os.PathLike, *, verify: str = 'sizes', rebuild: str = ''
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
   """(ids int64 [n], embeddings float32 [n, d], other arrays, manifest) of an export.
 
-  Rows are sorted by id. Raises `ManifestError` for an unfinished directory.
+  Rows are sorted by id. `verify` and `rebuild` as `manifest.read`.
+
+  Raises:
+    ManifestError: an unfinished directory, or a damaged file (named, with `rebuild`).
   """
   directory = pathlib.Path(directory)
-  manifest = manifest_lib.read(directory)
+  manifest = manifest_lib.read(directory, verify=verify, rebuild=rebuild)
   parts: dict[str, list[np.ndarray]] = {}
   for name in manifest['shards']:
-    with np.load(directory / name) as z:
-      for k in z.files:
-        parts.setdefault(k, []).append(z[k])
+    try:
+      with np.load(directory / name) as z:
+        for k in z.files:
+          parts.setdefault(k, []).append(z[k])
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+      raise manifest_lib.ManifestError(
+        f'damaged artefact: {directory / name}: {type(e).__name__}: {e}. {rebuild}'.rstrip()
+      ) from None
   if not parts:
     raise manifest_lib.ManifestError(f'{directory} holds no embeddings')
   arrays = {k: np.concatenate(v) for k, v in parts.items()}

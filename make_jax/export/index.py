@@ -276,26 +276,38 @@ def load(
   fingerprint: str | None = None,
   dim: int | None = None,
   step: int | None = None,
+  verify: str = 'sizes',
+  rebuild: str = '',
 ) -> Index:
-  """Loads an index, refusing one that is unfinished or made for another model.
+  """Loads an index, refusing one that is unfinished, damaged or made for another model.
+
+  `verify` as `manifest.read`; `rebuild` replaces the generic rebuild advice.
 
   Raises:
-    ManifestError: no manifest (interrupted build) or a mismatch (dim, fingerprint, step),
-      with the rebuild to run.
+    ManifestError: no manifest (interrupted build), a damaged file (named) or a mismatch
+      (dim, fingerprint, step), with the rebuild to run.
   """
   from scann.scann_ops.py import scann_ops_pybind
 
   directory = pathlib.Path(directory)
-  manifest = manifest_lib.read(directory, 'scann_index')
+  rebuild = rebuild or REBUILD
+  manifest = manifest_lib.read(directory, 'scann_index', verify=verify, rebuild=rebuild)
   manifest_lib.check_compatible(
     manifest,
     what=f'index {directory}',
-    rebuild=REBUILD,
+    rebuild=rebuild,
     fingerprint=fingerprint,
     dim=dim,
     step=step,
   )
-  return Index(scann_ops_pybind.load_searcher(str(directory)), manifest)
+  try:
+    searcher = scann_ops_pybind.load_searcher(str(directory))
+  except Exception as e:  # noqa: BLE001  (ScaNN raises RuntimeError, pickle and OS errors)
+    first = (str(e).strip().splitlines() or [''])[0]
+    raise manifest_lib.ManifestError(
+      f'damaged artefact: index {directory} does not load ({type(e).__name__}: {first}). {rebuild}'
+    ) from None
+  return Index(searcher, manifest)
 
 
 def build_from_export(

@@ -5,6 +5,11 @@ machines and days later. Each directory carries a `manifest.json` that says what
 (checkpoint step, config fingerprint, dimension, count, dtype) so that a reader can refuse
 an artefact that does not match its model, and each is published by one rename of a
 finished staging directory, so a crash leaves nothing that loads.
+
+Integrity: the manifest records the size and SHA-256 of every other file of its directory
+(`files`). Readers check the sizes whenever they open an artefact (a stat per file) and the
+checksums when asked (`verify='checksums'`: `tools.serve --verify`); a mismatch is a
+`ManifestError` naming the file and the command that rebuilds the artefact.
 """
 
 import contextlib
@@ -24,6 +29,7 @@ from make_jax import atomic_file
 
 MANIFEST = 'manifest.json'
 FORMAT_VERSION = 1
+VERIFY_MODES = ('none', 'sizes', 'checksums')
 
 
 class ManifestError(ValueError):
@@ -59,28 +65,98 @@ def now() -> str:
   return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open('rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def file_records(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+  """{relative path: {'size', 'sha256'}} of every file under `directory` but its manifest."""
+  directory = pathlib.Path(directory)
+  return {
+    p.relative_to(directory).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
+    for p in sorted(directory.rglob('*'))
+    if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
+  }
+
+
+def damaged_files(
+  directory: str | os.PathLike,
+  records: dict[str, dict[str, Any]],
+  *,
+  checksums: bool = False,
+  prefix: str = '',
+) -> list[str]:
+  """'<path>: <what>' for each recorded file (under `prefix`) that is missing, of another
+  size or, with `checksums`, of other contents; [] when all match."""
+  directory = pathlib.Path(directory)
+  problems = []
+  for name, want in sorted(records.items()):
+    if not name.startswith(prefix):
+      continue
+    path = directory / name
+    if not path.is_file():
+      problems.append(f'{path}: missing')
+    elif (size := path.stat().st_size) != want['size']:
+      problems.append(f'{path}: {size} bytes, {want["size"]} written')
+    elif checksums and _sha256(path) != want['sha256']:
+      problems.append(f'{path}: contents changed since written (SHA-256 mismatch)')
+  return problems
+
+
 def write(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-  """Writes `manifest.json` atomically (with the format version)."""
-  manifest = {'format_version': FORMAT_VERSION, **manifest}
+  """Writes `manifest.json` atomically (with the format version and, written last, the size
+  and SHA-256 of every other file of the directory)."""
+  manifest = {'format_version': FORMAT_VERSION, **manifest, 'files': file_records(directory)}
   text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + '\n'
   atomic_file.write_text(pathlib.Path(directory) / MANIFEST, text)
 
 
-def read(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
-  """Reads `directory/manifest.json`.
+def read(
+  directory: str | os.PathLike,
+  kind: str | None = None,
+  *,
+  verify: str = 'sizes',
+  rebuild: str = '',
+) -> dict[str, Any]:
+  """Reads `directory/manifest.json` and checks the files it records.
+
+  Args:
+    directory: the artefact.
+    kind: the kind expected (None: any).
+    verify: 'sizes' (every recorded file present with its size), 'checksums' (and its
+      SHA-256), or 'none'.
+    rebuild: the command that rebuilds the artefact, appended to every error.
 
   Raises:
-    ManifestError: no manifest (the directory is not a finished artefact) or another kind.
+    ManifestError: no manifest (the directory is not a finished artefact), an unreadable
+      one, another kind, or a damaged file (named).
   """
+  if verify not in VERIFY_MODES:
+    raise ValueError(f'verify={verify!r}; expected one of {VERIFY_MODES}')
+  then = f' {rebuild}' if rebuild else ''
   path = pathlib.Path(directory) / MANIFEST
   if not path.is_file():
     raise ManifestError(
       f'{directory} has no {MANIFEST}: it is not a finished artefact (an interrupted '
-      'build, or the wrong directory)'
+      f'build, or the wrong directory).{then}'
     )
-  manifest = json.loads(path.read_text('utf-8'))
+  try:
+    manifest = json.loads(path.read_text('utf-8'))
+    if not isinstance(manifest, dict):
+      raise ValueError('not a JSON object')
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ManifestError(f'{path} is damaged ({type(e).__name__}: {e}).{then}') from None
   if kind is not None and manifest.get('kind') != kind:
     raise ManifestError(f'{directory} holds a {manifest.get("kind")!r}, not a {kind!r}')
+  if verify != 'none':
+    problems = damaged_files(directory, manifest.get('files', {}), checksums=verify == 'checksums')
+    if problems:
+      more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+      raise ManifestError(f'damaged artefact: {problems[0]}{more}.{then}')
   return manifest
 
 

@@ -192,37 +192,90 @@ class _Shard:
     self.keys = np.memmap(directory / 'keys.bin', np.uint8, 'r') if self.key_offsets[-1] else b''
     surface = directory / 'surface.bin'
     self.surface = np.memmap(surface, np.uint8, 'r') if self.surface_offsets[-1] else b''
+    n = len(self.qid)
+    if not (len(self.ids) == len(self.scores) == len(self.count) == n):
+      raise ValueError(f'{directory}: arrays of different lengths')
+    for offsets, blob in ((self.key_offsets, self.keys), (self.surface_offsets, self.surface)):
+      if len(offsets) != n + 1 or offsets[-1] > len(blob):
+        raise ValueError(f'{directory}: text offsets do not fit their data')
 
   def text(self, blob: Any, offsets: np.ndarray, row: int) -> str:
     return bytes(blob[offsets[row] : offsets[row + 1]]).decode('utf-8')
 
 
 class QueryTable:
-  """Read side: opens shards lazily (memory-mapped); looks a query up by key and qid."""
+  """Read side: opens shards lazily (memory-mapped); looks a query up by key and qid.
 
-  def __init__(self, directory: str | os.PathLike):
-    """Opens the table's manifest (nothing else is read until a lookup)."""
+  A shard that is damaged (a recorded file missing or of another size, or with `verify=
+  'checksums'` of other contents) or that fails to open or read is marked bad, logged with
+  its file and the table's rebuild command, and answers no query: its queries miss, so the
+  server encodes them online. `bad_shards` names them; `degraded_lookups` counts the
+  lookups they turned away.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, verify: str = 'sizes', rebuild: str = ''):
+    """Opens the manifest and checks every shard's files (nothing else is read until a
+    lookup). A damaged manifest is a `ManifestError`; a damaged shard is only marked bad."""
     self.directory = pathlib.Path(directory)
-    self.manifest = manifest_lib.read(self.directory, 'query_table')
+    self.rebuild = rebuild
+    self.manifest = manifest_lib.read(self.directory, 'query_table', verify='none', rebuild=rebuild)
     self._shift = 32 - int(self.manifest['shard_bits'])
     self._shards: dict[int, _Shard | None] = {}
+    self.bad_shards: dict[int, str] = {}
+    self.degraded_lookups = 0
+    records = self.manifest.get('files', {})
+    shards = {name.split('/')[0] for name in records if name.startswith('shard-')}
+    for name in sorted(shards):
+      problems = manifest_lib.damaged_files(
+        self.directory, records, checksums=verify == 'checksums', prefix=name + '/'
+      )
+      if problems:
+        self._mark_bad(int(name.removeprefix('shard-')), problems[0])
+
+  def _mark_bad(self, shard: int, why: str) -> None:
+    self.bad_shards[shard] = why
+    self._shards[shard] = None
+    logging.error(
+      'query table shard %d is damaged (%s): its queries are answered online. %s',
+      shard,
+      why,
+      self.rebuild,
+    )
 
   def __len__(self) -> int:
     return int(self.manifest['rows'])
 
   def _shard(self, qid: int) -> _Shard | None:
     s = qid >> self._shift
+    if s in self.bad_shards:
+      self.degraded_lookups += 1
+      return None
     if s not in self._shards:
       path = self.directory / f'shard-{s:05d}'
-      self._shards[s] = _Shard(path) if path.is_dir() else None
+      try:
+        self._shards[s] = _Shard(path) if path.is_dir() else None
+      except (OSError, ValueError) as e:
+        self._mark_bad(s, f'{path}: {type(e).__name__}: {e}')
+        self.degraded_lookups += 1
+        return None
     return self._shards[s]
 
   def lookup_key(self, key: str, qid: int | None = None) -> dict[str, Any] | None:
-    """The row of a sorted-word key (`querylog.words_key`), or None if absent."""
+    """The row of a sorted-word key (`querylog.words_key`), or None if absent (or in a
+    damaged shard)."""
     qid = querylog.key_qid(key) if qid is None else qid
     shard = self._shard(qid)
     if shard is None:
       return None
+    try:
+      return self._find(shard, key, qid)
+    except (OSError, ValueError, IndexError) as e:  # UnicodeDecodeError is a ValueError.
+      self._mark_bad(qid >> self._shift, f'{self.directory}: {type(e).__name__}: {e}')
+      self.degraded_lookups += 1
+      return None
+
+  @staticmethod
+  def _find(shard: _Shard, key: str, qid: int) -> dict[str, Any] | None:
     lo = int(np.searchsorted(shard.qid, qid, 'left'))
     hi = int(np.searchsorted(shard.qid, qid, 'right'))
     for row in range(lo, hi):  # More than one only on a 32-bit qid collision.

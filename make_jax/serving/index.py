@@ -138,6 +138,13 @@ class ExportTable:
   def __len__(self) -> int:
     return len(self.table)
 
+  def health(self) -> dict[str, Any]:
+    """Damaged shards (answered online) and the lookups they turned away."""
+    return {
+      'bad_shards': {str(k): v for k, v in getattr(self.table, 'bad_shards', {}).items()},
+      'degraded_lookups': int(getattr(self.table, 'degraded_lookups', 0)),
+    }
+
   def lookup(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
     row = self.table.lookup(list(words))
     if row is None:

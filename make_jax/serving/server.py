@@ -22,6 +22,7 @@ a plain (threaded) endpoint, so concurrent online queries meet in the batching e
 import logging
 import pathlib
 import time
+from typing import Any
 
 import prometheus_client
 from fastapi import FastAPI, Request
@@ -98,6 +99,23 @@ def create_app(
   app = FastAPI(title='make_jax search', docs_url=None, redoc_url=None, openapi_url=None)
   metrics = Metrics()
   app.state.metrics = metrics
+
+  def table_health() -> dict[str, Any]:
+    """Damaged query-table shards (their queries go online) and the lookups they turned
+    away; empty without a table (or with one that cannot be damaged: in memory)."""
+    health = getattr(searcher.table, 'health', None)
+    return health() if health is not None else {'bad_shards': {}, 'degraded_lookups': 0}
+
+  prometheus_client.Gauge(
+    'make_table_bad_shards',
+    'Query-table shards found damaged (their queries are answered online).',
+    registry=metrics.registry,
+  ).set_function(lambda: len(table_health()['bad_shards']))
+  prometheus_client.Gauge(
+    'make_table_degraded_lookups',
+    'Table lookups sent online because their shard is damaged (since start).',
+    registry=metrics.registry,
+  ).set_function(lambda: table_health()['degraded_lookups'])
   app.state.searcher = searcher
 
   @app.middleware('http')
@@ -144,8 +162,11 @@ def create_app(
 
   @app.get('/healthz')
   def healthz() -> dict[str, object]:
+    table = table_health()
     return {
-      'status': 'ok',
+      # 'degraded': part of the query table is damaged; its queries are answered online.
+      'status': 'degraded' if table['bad_shards'] else 'ok',
+      'table_bad_shards': table['bad_shards'],
       'products': len(searcher.catalogue),
       'dataset': searcher.catalogue.dataset,
       'restricted_fields': list(searcher.catalogue.restricted_fields),

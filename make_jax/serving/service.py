@@ -142,6 +142,7 @@ def searcher_from_workdir(
   *,
   params: Any = None,
   step: int | None = None,
+  verify: str = 'sizes',
   **kwargs: Any,
 ) -> search.Searcher:
   """The Searcher of a trained workdir's export (layout: `WorkdirLayout`).
@@ -157,6 +158,10 @@ def searcher_from_workdir(
     params: the model's params (`train.checkpoint.latest_params`); None serves table hits
       only.
     step: the checkpoint step of `params` (None: not checked).
+    verify: how the artefacts' files are checked against their manifests ('sizes', or
+      'checksums': every byte read once at start-up; `export.manifest.read`). A damaged
+      export or index is an error naming the file; a damaged query-table shard is marked
+      bad and its queries go online (`/healthz` says degraded).
     **kwargs: `build_searcher`'s batching options and relevance mode.
 
   Raises:
@@ -174,7 +179,9 @@ def searcher_from_workdir(
   rebuild_all = f'Rebuild: {lay.export_command()}; {lay.index_command()}; {lay.table_command()}'
 
   _require(lay.products, 'product export', lay.export_command())
-  ids, emb, other, products_manifest = embed.read_embeddings(lay.products)
+  ids, emb, other, products_manifest = embed.read_embeddings(
+    lay.products, verify=verify, rebuild=f'Rebuild: {lay.export_command()}; {lay.index_command()}'
+  )
   manifest_lib.check_compatible(
     products_manifest, what=f'product export {lay.products}', rebuild=rebuild_all, **check
   )
@@ -187,13 +194,8 @@ def searcher_from_workdir(
     )
 
   _require(lay.index, 'index', lay.index_command())
-  manifest_lib.check_compatible(
-    manifest_lib.read(lay.index, 'scann_index'),
-    what=f'index {lay.index}',
-    rebuild=f'Rebuild: {lay.index_command()} (after re-exporting if the export is stale)',
-    **check,
-  )
-  loaded = export_index.load(lay.index, **check)
+  index_rebuild = f'Rebuild: {lay.index_command()} (after re-exporting if the export is stale)'
+  loaded = export_index.load(lay.index, verify=verify, rebuild=index_rebuild, **check)
   if loaded.size != len(ids):
     raise manifest_lib.ManifestError(
       f'index {lay.index} holds {loaded.size} products, the export {len(ids)}: it was built '
@@ -204,7 +206,9 @@ def searcher_from_workdir(
   table = None
   if lay.query_table.exists():
     _require(lay.query_table, 'query table', lay.table_command())
-    opened = query_table.QueryTable(lay.query_table)
+    opened = query_table.QueryTable(
+      lay.query_table, verify=verify, rebuild=f'Rebuild: {lay.table_command()}'
+    )
     manifest_lib.check_compatible(
       opened.manifest,
       what=f'query table {lay.query_table}',
