@@ -232,6 +232,7 @@ def test_written_queries_read_back_as_the_batch_search_cli_reads_them(tmp_path):
   queries = ['nike shoes', '红色 连衣裙', ' puma  ']
   sources.write_queries(tmp_path / 'q.txt', queries)
   got, counts = batch.read_queries(str(tmp_path / 'q.txt'))
-  assert got == queries and counts == {'lines': 3, 'empty': 0, 'invalid_utf8': 0}
+  assert got == [(i + 1, q, None) for i, q in enumerate(queries)]
+  assert counts == {'lines': 3, 'kept': 3, 'invalid_utf8': 0, 'rejected': 0}
   with pytest.raises(ValueError, match='line breaks'):
     sources.write_queries(tmp_path / 'bad.txt', ['a\nb'])

@@ -177,8 +177,8 @@ def test_good_query_answers_json(service):
     assert r['title'] == catalogue.titles[r['product_id']]
   scores = [r['score'] for r in answer['results']]
   assert scores == sorted(scores, reverse=True)
-  # Unicode queries are fine; k defaults to 10.
-  status, _, body = get(port, '/search?q=%E7%BA%A2%E8%89%B2+%F0%9F%91%97')
+  # Unicode queries are fine (words outside the vocabulary are [UNK]); k defaults to 10.
+  status, _, body = get(port, '/search?q=%E7%BA%A2%E8%89%B2+%F0%9F%91%97+shirt')
   assert status == 200 and len(json.loads(body)['results']) == 10
 
 
@@ -236,27 +236,46 @@ def test_image_healthz_page_and_metrics(service):
   assert 'status="500"' not in text
 
 
-def test_batch_cli_reads_skips_and_writes_json_lines(searcher, tmp_path):
+def test_batch_cli_writes_one_line_per_input_line_with_the_servers_rules(searcher, tmp_path):
+  """tools.search's library half: every input line gets its output line, in order and
+  numbered; the lines the server would refuse get the server's reason instead of a search."""
   path = tmp_path / 'queries.txt'
+  brand = searcher.catalogue.attributes['brand'][0].encode()
   path.write_bytes(
-    b'cached query\n\n   \nbad \xff line\n%s shirts\nvintage\n'
-    % (searcher.catalogue.attributes['brand'][0].encode())
+    b'cached query\n\n   \nbad \xff line\n%s shirts\nvintage\nred\x00shirt\n%s\n\U0001f600\n'
+    % (brand, b'a' * 300)
   )
-  queries, counts = batch.read_queries(str(path))
-  assert counts == {'lines': 6, 'empty': 2, 'invalid_utf8': 1}
-  lines, paths = batch.search_lines(searcher, queries, 4, chunk=2)
-  assert paths == {'table': 1, 'online': 2}
+  entries, counts = batch.read_queries(str(path))
+  assert counts == {'lines': 9, 'kept': 4, 'invalid_utf8': 1, 'rejected': 5}
+  lines, paths = batch.search_lines(searcher, entries, 4, chunk=2)
+  assert paths == {'table': 1, 'online': 2, 'none': 1, 'rejected': 5}
   records = [json.loads(line) for line in lines]
-  assert [r['query'] for r in records] == queries
-  for query, record in zip(queries, records, strict=True):
-    want = searcher.search(query, 4)
+  assert [r['line'] for r in records] == list(range(1, 10))
+  errors = {r['line']: r['error'] for r in records if 'error' in r}
+  assert set(errors) == {2, 3, 4, 7, 8}
+  assert 'empty' in errors[2] and 'whitespace' in errors[3] and 'UTF-8' in errors[4]
+  assert 'control' in errors[7] and 'limit' in errors[8]
+  emoji = records[8]
+  assert emoji['path'] == 'none' and emoji['no_known_words'] and emoji['product_ids'] == []
+  for record in (records[0], records[4], records[5]):
+    want = searcher.search(record['query'], 4)
     assert record['product_ids'] == [r.product_id for r in want.results]
     assert record['scores'] == pytest.approx([r.score for r in want.results], abs=1e-5)
     assert record['filters'] == want.filters and record['path'] == want.path
     assert record['satisfies_filter'] == [r.satisfies_filter for r in want.results]
     assert record['relevance_mode'] == 'backfill'
-  unfiltered, _ = batch.search_lines(searcher, queries[1:2], 4, use_filters=False)
+  unfiltered, _ = batch.search_lines(searcher, entries[4:5], 4, use_filters=False)
   assert json.loads(unfiltered[0])['filters'] == {}
+
+
+def test_a_query_with_no_known_word_gets_no_products(service):
+  port, _ = service
+  status, _, body = get(port, '/search?q=' + urllib.parse.quote('\U0001f600 \u2603'))
+  answer = json.loads(body)
+  assert status == 200 and answer['results'] == []
+  assert answer['path'] == 'none' and answer['fallback_reason'] == 'no_known_words'
+  status, _, body = get(port, '/search?q=' + urllib.parse.quote('!!!'))
+  assert status == 200 and json.loads(body)['path'] == 'none'
 
 
 def test_random_unicode_queries_never_get_a_500(service):

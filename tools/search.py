@@ -8,11 +8,14 @@ with `--config`, and `--relevance_mode=backfill|strict`), so what is evaluated i
 served: table hits first, online encoding of the misses in batches, relevance control
 unless `--nofilter`.
 
-Output, one line per query in input order (written atomically at the end):
-  {"query": "...", "product_ids": [...], "scores": [...], "satisfies_filter": [...],
-   "path": "table"|"online", "relevance_mode": "backfill", "filters": {"brand": ["Nike"]}}
+Output, one line per input line, in input order (written atomically at the end):
+  {"line": 1, "query": "...", "product_ids": [...], "scores": [...],
+   "satisfies_filter": [...], "path": "table"|"online"|"none", "relevance_mode": "backfill",
+   "filters": {"brand": ["Nike"]}}
 (`satisfies_filter`: False for the products backfilled after those that satisfy it.)
-Empty lines and lines that are not valid UTF-8 are skipped and counted (log).
+A line the server would reject (empty, whitespace only, control characters, over
+`--max_query_chars`, not UTF-8) becomes {"line": n, "query": "...", "error": "<why>"}; a
+query with no word the model knows gets no product, "path": "none", "no_known_words": true.
 """
 
 from absl import app, flags, logging
@@ -31,11 +34,11 @@ _CHUNK = flags.DEFINE_integer('chunk', 256, 'Queries searched per batch.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  queries, counts = batch.read_queries(_QUERIES.value)
-  logging.info('queries: %d kept of %s', len(queries), counts)
+  entries, counts = batch.read_queries(_QUERIES.value, serve.MAX_CHARS.value)
+  logging.info('queries: %s', counts)
   searcher = serve.searcher_from_flags()
   lines, paths = batch.search_lines(
-    searcher, queries, _K.value, use_filters=_FILTER.value, chunk=_CHUNK.value
+    searcher, entries, _K.value, use_filters=_FILTER.value, chunk=_CHUNK.value
   )
   atomic_file.write_text(_OUTPUT.value, ''.join(line + '\n' for line in lines))
   logging.info('wrote %d results to %s (paths %s)', len(lines), _OUTPUT.value, paths)

@@ -38,7 +38,7 @@ _BUCKETS = flags.DEFINE_list('buckets', ['8'], 'Query length buckets (query_len 
 _MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Most queries encoded in one call.')
 _MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0, 'Wait for a batch to fill (ms).')
 _MAX_K = flags.DEFINE_integer('max_k', params_lib.MAX_K, 'Largest k accepted.')
-_MAX_CHARS = flags.DEFINE_integer('max_query_chars', params_lib.MAX_QUERY_CHARS, 'Query limit.')
+MAX_CHARS = flags.DEFINE_integer('max_query_chars', params_lib.MAX_QUERY_CHARS, 'Query limit.')
 _RELEVANCE_MODE = flags.DEFINE_enum(
   'relevance_mode',
   filters.DEFAULT_MODE,
@@ -107,7 +107,7 @@ def main(argv):
     'serving %d products on http://%s:%d/', len(searcher.catalogue), _HOST.value, _PORT.value
   )
   uvicorn.run(
-    server.create_app(searcher, max_query_chars=_MAX_CHARS.value, max_k=_MAX_K.value),
+    server.create_app(searcher, max_query_chars=MAX_CHARS.value, max_k=_MAX_K.value),
     host=_HOST.value,
     port=_PORT.value,
     log_level='warning',

@@ -184,7 +184,8 @@ def rank_served(
     relevance_mode=relevance_mode,
   )
   try:
-    lines, _ = batch.search_lines(searcher, list(queries), k, use_filters=use_filters)
+    entries = [(number, q, None) for number, q in enumerate(queries, start=1)]
+    lines, _ = batch.search_lines(searcher, entries, k, use_filters=use_filters)
   finally:
     searcher.encoder.close()
   if ranked_path is not None:

@@ -55,6 +55,22 @@ def parse_query_string(raw: bytes) -> dict[str, list[str]]:
   return out
 
 
+def query_problem(q: str, max_query_chars: int = MAX_QUERY_CHARS) -> str | None:
+  """Why `q` cannot be searched ('is empty', 'contains control characters: U+0000', 'is
+  whitespace only', 'has N characters; the limit is M'), or None. The one rule of every
+  entry point: the server's `q` and each line of `tools.search`."""
+  if not q:
+    return 'is empty'
+  bad = sorted({f'U+{ord(c):04X}' for c in q if unicodedata.category(c) == 'Cc'})
+  if bad:
+    return f'contains control characters: {", ".join(bad)}'
+  if not q.strip():
+    return 'is whitespace only'
+  if len(q) > max_query_chars:
+    return f'has {len(q)} characters; the limit is {max_query_chars}'
+  return None
+
+
 def _one(params: dict[str, list[str]], name: str) -> str | None:
   values = params.get(name)
   if values is None:
@@ -76,15 +92,9 @@ def parse_search(
   q = _one(params, 'q')
   if q is None:
     raise BadRequest("missing parameter 'q' (the query text): /search?q=red+shirt")
-  if not q:
-    raise BadRequest("parameter 'q' is empty")
-  bad = sorted({f'U+{ord(c):04X}' for c in q if unicodedata.category(c) == 'Cc'})
-  if bad:
-    raise BadRequest(f"parameter 'q' contains control characters: {', '.join(bad)}")
-  if not q.strip():
-    raise BadRequest("parameter 'q' is whitespace only")
-  if len(q) > max_query_chars:
-    raise BadRequest(f"parameter 'q' has {len(q)} characters; the limit is {max_query_chars}")
+  problem = query_problem(q, max_query_chars)
+  if problem:
+    raise BadRequest(f"parameter 'q' {problem}")
   k_text = _one(params, 'k')
   if k_text is None:
     k = default_k

@@ -37,6 +37,10 @@ from make_jax.text import preprocess
 
 PATH_TABLE = 'table'
 PATH_ONLINE = 'online'
+# No word of the query is in the model's vocabulary: nothing is searched, no result is
+# returned (an embedding of [UNK]s would rank arbitrary products with confidence).
+PATH_NONE = 'none'
+NO_KNOWN_WORDS = 'no_known_words'
 
 
 class QueryEncoder(Protocol):
@@ -69,8 +73,9 @@ class Answer:
 
   query: str
   k: int
-  path: str  # 'table' or 'online'.
-  fallback_reason: str | None  # Why the online path answered: 'table_miss', ...
+  path: str  # 'table', 'online', or 'none' (no known word: no result).
+  fallback_reason: str | None  # Why the online path answered: 'table_miss', ...; or
+  # 'no_known_words' (path 'none').
   strategy: str  # How the filter ran: 'none', 'table', 'exact_subset', 'overfetch'.
   relevance_mode: str  # 'backfill' or 'strict' (`filters.MODES`).
   filters: dict[str, list[str]]  # field -> values that applied (ORed; fields ANDed).
@@ -145,7 +150,11 @@ class Searcher:
   ) -> list[Answer]:
     """Answers of many queries; the online ones are encoded together (batch jobs)."""
     mode = filters.check_mode(self.relevance_mode if relevance_mode is None else relevance_mode)
-    misses = [i for i, q in enumerate(queries) if self._table_rows(q, k) is None]
+    misses = [
+      i
+      for i, q in enumerate(queries)
+      if self.preprocessor.known_words(q) and self._table_rows(q, k) is None
+    ]
     emb = {}
     if misses and self.encoder is not None:
       encoded = self.encoder.encode_now([queries[i] for i in misses])
@@ -176,6 +185,8 @@ class Searcher:
     filt, matches = self.relevance.understand(query) if use_filters else (filters.Filter(), [])
     t1 = time.perf_counter()
     latency['understand'] = t1 - t0
+    if not self.preprocessor.known_words(query):
+      return self._no_known_words(query, k, mode, filt, matches, latency, t0)
     found, path, reason = None, PATH_ONLINE, 'table_miss'
     hit = self._table_rows(query, k)
     t2 = time.perf_counter()
@@ -207,6 +218,22 @@ class Searcher:
       matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
       candidates=int(found.candidates),
       results=self._results(found),
+      latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
+    )
+
+  def _no_known_words(self, query, k, mode, filt, matches, latency, t0) -> Answer:
+    latency['total'] = time.perf_counter() - t0
+    return Answer(
+      query=query,
+      k=k,
+      path=PATH_NONE,
+      fallback_reason=NO_KNOWN_WORDS,
+      strategy='none',
+      relevance_mode=mode,
+      filters=filt.as_dict(),
+      matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
+      candidates=0,
+      results=[],
       latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
     )
 

@@ -203,6 +203,15 @@ class TextPreprocessor:
     words.extend(self._segmenter.segment(text[start:]))
     return sorted(words) if self._sort_words else words
 
+  def known_words(self, text: Text) -> list[str]:
+    """The words of `text` (`words`) that the vocabulary knows: at least one of a word's
+    WordPiece pieces is not [UNK]. [] means the model can only guess (emoji, another
+    script than the vocabulary's, punctuation alone)."""
+    words = self.words(text)
+    ids, word_index = self._tokenizer.tokenize_words_batch([words])[0]
+    known = {w for piece, w in zip(ids, word_index, strict=True) if piece != self.unk_id}
+    return [word for i, word in enumerate(words) if i in known]
+
   def qid(self, text: Text) -> int:
     """The uint32 qid of `text` (of its sorted words; `EMPTY_QID` if it has none)."""
     return qid_lib.qid_of_words(self._segmenter.segment(normalize_lib.normalize(text)))

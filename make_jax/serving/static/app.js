@@ -41,6 +41,10 @@ function renderSummary(answer) {
     filters.append(el('span', { class: 'chip' }, `${field}: ${values.join(' | ')}`));
   }
   summary.append(filters);
+  if (answer.fallback_reason === 'no_known_words') {
+    summary.append(el('div', { id: 'no-known-words', class: 'none' },
+      'No word of this query is in the model\'s vocabulary: nothing was searched.'));
+  }
   // Backfilled products (after those that satisfy the filters) are counted and marked.
   const outside = answer.results.filter((r) => !r.satisfies_filter).length;
   if (outside > 0) {
