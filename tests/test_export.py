@@ -86,12 +86,13 @@ def test_query_export_merges_word_orders_and_counts(setup, tmp_path):
     loader=model_handler.make_loader(config),
     batch_size=8,
     num_shards=2,
+    max_bad_fraction=0.25,
   )
   qids, emb, other, _ = embed.read_embeddings(tmp_path / 'q')
   text = TextPreprocessor.from_vocab_file(vocab)
   want = sorted([(text.qid('red shoes'), 5), (text.qid('blue hat'), 1)])
   assert [(int(q), int(c)) for q, c in zip(qids, other['count'], strict=True)] == want
-  assert m['count'] == 2 and m['counters']['bad_lines'] == 1
+  assert m['count'] == 2 and m['counters']['skipped_bad_count'] == 1
   assert m['counters']['empty_queries'] == 1
   # Rows are the query tower's embeddings of the sorted words.
   model = make_model.build_model(config)

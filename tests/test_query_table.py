@@ -77,10 +77,10 @@ def test_rows_merge_word_orders_and_equal_the_index_answer(setup, tmp_path):
     '   \t2',
     '手机壳',
   ]
-  m, table = _build(setup, tmp_path, lines)
+  m, table = _build(setup, tmp_path, lines, max_bad_fraction=0.2)
   text = TextPreprocessor.from_vocab_file(vocab)
   assert len(table) == m['rows'] == 3
-  assert m['counters']['bad_lines'] == 1 and m['counters']['empty_queries'] == 1
+  assert m['counters']['skipped_bad_count'] == 1 and m['counters']['empty_queries'] == 1
   assert m['index']['path'] == str(index_dir.absolute())
   assert m['config_fingerprint'] == manifest_lib.read(index_dir)['config_fingerprint']
 
@@ -145,3 +145,49 @@ def test_query_keys_use_the_runs_domain_dictionary(tmp_path):
   (tmp_path / 'domain_words.txt').write_text('red chief\n', encoding='utf-8')
   text = querylog.text_preprocessor(config, str(vocab))
   assert text.words('Red Chief shoes') == ['red chief', 'shoes']
+
+
+@pytest.mark.slow
+def test_a_dirty_log_is_skipped_and_counted_under_multiprocess_beam(setup, tmp_path):
+  """Invalid UTF-8, counts that are not integers or too large for Beam's coder, control
+  characters and over-long lines are skipped and counted by reason, with the pipeline in
+  Beam's multi-process mode (every DoFn pickled, nothing shared, as on a cluster); over
+  the threshold the job fails and the previous table stays."""
+  good = [f'红色 连衣裙 {i}\t{i + 1}'.encode() for i in range(40)]
+  bad = [
+    b'bad \xff\xfe utf8\t2',
+    b'huge count\t' + b'9' * 40,
+    b'negative count\t-3',
+    b'red\x01dress\t1',
+    b'a' * 300 + b'\t1',
+  ]
+  log = tmp_path / 'log.txt'
+  log.write_bytes(b'\n'.join(good[:20] + bad + good[20:]) + b'\n')
+  config, vocab, index_dir = setup
+  build = lambda out, fraction, args=(): query_table.build_query_table(  # noqa: E731
+    config,
+    vocab,
+    str(log),
+    index_dir,
+    out,
+    loader=model_handler.make_loader(config),
+    k=10,
+    shard_bits=2,
+    batch_size=64,
+    pipeline_args=args,
+    max_bad_fraction=fraction,
+  )
+  multi = ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
+  m = build(tmp_path / 'table', 0.2, multi)
+  counters = m['counters']
+  assert counters['lines'] == 40 and m['rows'] == len(query_table.QueryTable(tmp_path / 'table'))
+  assert {k: v for k, v in counters.items() if k.startswith('skipped_')} == {
+    'skipped_bad_utf8': 1,
+    'skipped_bad_count': 2,
+    'skipped_control_characters': 1,
+    'skipped_too_long': 1,
+  }
+  before = manifest_lib.read(tmp_path / 'table')['created']
+  with pytest.raises(ValueError, match=r'5 of 45 unreadable .*max_bad_fraction'):
+    build(tmp_path / 'table', 0.05)
+  assert manifest_lib.read(tmp_path / 'table')['created'] == before  # The old table stays.

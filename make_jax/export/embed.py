@@ -161,6 +161,7 @@ def export_catalogue(
   read_chunk: int = 256,
   limit: int | None = None,
   pipeline_args: Sequence[str] = (),
+  max_bad_fraction: float = 0.01,
 ) -> dict[str, Any]:
   """Exports the product embeddings of `config.data`'s `split` to `out_dir`.
 
@@ -176,6 +177,8 @@ def export_catalogue(
     read_chunk: records per read task (the unit of parallelism of the read).
     limit: export only the first `limit` records (for tests and benchmarks).
     pipeline_args: Beam options, e.g. ['--runner=DataflowRunner', ...]; DirectRunner if empty.
+    max_bad_fraction: the export fails (the previous one left as it was) when more than
+      this share of the records is skipped (counted by reason: `skipped_<reason>`).
 
   Returns:
     The manifest written.
@@ -202,6 +205,12 @@ def export_catalogue(
         | 'ReadFeaturize' >> beam.ParDo(_ReadAndFeaturize(config, vocab_path, split, data.data_dir))
       )
       _encode_and_write(records, handler, tmp, num_shards)
+    querylog.check_bad_share(
+      querylog.metric_totals(p.result, NAMESPACE),
+      max_bad_fraction,
+      f'catalogue {data.name}/{data.builder_config} {split}',
+      good=('products_read',),
+    )
     manifest = _finish(tmp, base, p.result)
   return manifest
 
@@ -219,11 +228,13 @@ def export_queries(
   num_devices: int = 1,
   num_shards: int = 4,
   pipeline_args: Sequence[str] = (),
+  max_bad_fraction: float = 0.01,
 ) -> dict[str, Any]:
   """Exports the embeddings of the distinct queries (by sorted words) of a query log.
 
   Ids are qids; `count` is the number of log lines (or summed counts) of each query.
-  Arguments as `export_catalogue`; the columns as `querylog.parse_line`.
+  Arguments as `export_catalogue`; the columns as `querylog.parse_line`; fails as
+  `query_table.build_query_table` when more than `max_bad_fraction` of the lines are skipped.
   """
   files = [query_files] if isinstance(query_files, str) else list(query_files)
   handler = MakeModelHandler(
@@ -235,7 +246,7 @@ def export_queries(
       queries = (
         p
         | 'Files' >> beam.Create(files)
-        | 'Read' >> beam.io.ReadAllFromText()
+        | 'Read' >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
         | 'Distinct'
         >> querylog.DistinctQueries(
           config, vocab_path, query_column=query_column, count_column=count_column
@@ -251,6 +262,8 @@ def export_queries(
         )
       )
       _encode_and_write(queries, handler, tmp, num_shards)
+    counters = querylog.metric_totals(p.result)
+    querylog.check_bad_share(counters, max_bad_fraction, f'query log {files}')
     manifest = _finish(tmp, base, p.result)
   return manifest
 

@@ -103,6 +103,7 @@ def build_query_table(
   batch_size: int = 256,
   num_devices: int = 1,
   pipeline_args: Sequence[str] = (),
+  max_bad_fraction: float = 0.01,
 ) -> dict[str, Any]:
   """Builds the qid table of the query log `query_files` over the index at `index_dir`.
 
@@ -114,6 +115,9 @@ def build_query_table(
     out_dir: the table directory (replaced atomically when complete).
     k: products per query.
     shard_bits: 2**shard_bits shards by the qid's top bits.
+    max_bad_fraction: the job fails (the previous table left as it was) when more than this
+      share of the log's lines is skipped (`querylog.SKIP_REASONS`, counted by reason in
+      the manifest's counters).
 
   Returns:
     The manifest written.
@@ -138,7 +142,7 @@ def build_query_table(
       _ = (
         p
         | 'Files' >> beam.Create(files)
-        | 'Read' >> beam.io.ReadAllFromText()
+        | 'Read' >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
         | 'Distinct'
         >> querylog.DistinctQueries(
           config, vocab_path, query_column=query_column, count_column=count_column
@@ -151,6 +155,7 @@ def build_query_table(
         | 'WriteShards' >> beam.Map(_write_shard, str(tmp))
       )
     counters = querylog.metric_totals(p.result)
+    querylog.check_bad_share(counters, max_bad_fraction, f'query log {files}')
     counters.update(querylog.metric_totals(p.result, NAMESPACE))
     rows = sum(len(np.load(d / 'qid.npy', mmap_mode='r')) for d in tmp.glob('shard-*'))
     manifest = {

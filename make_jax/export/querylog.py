@@ -2,13 +2,18 @@
 
 Why: the offline table (SPEC 7.3) and the query export key a query by its sorted words, as
 training does (SPEC 2): 'nike red shoes' and 'shoes red nike' are one row. A log line is a
-query and, optionally, a count (`query_column` / `count_column`, tab-separated); a line that
-cannot be read, or whose query has no words, is skipped and counted. Of the surface forms of
-one key the most frequent is kept for display (ties: the smallest string, so reruns agree).
+query and, optionally, a count (`query_column` / `count_column`, tab-separated). Lines are
+read as bytes; a line that cannot be used is skipped and counted by its reason
+(`SKIP_REASONS`: not UTF-8, no query column, a count that is not an integer in
+[1, MAX_COUNT], a query the server would refuse: control characters or over
+`MAX_QUERY_CHARS`), as is a query with no words. `check_bad_share` fails the job when the
+skipped share passes a threshold. Of the surface forms of one key the most frequent is kept
+for display (ties: the smallest string, so reruns agree).
 """
 
 import os
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -16,27 +21,66 @@ import ml_collections
 from apache_beam.metrics import Metrics
 
 from make_jax.text import qid as qid_lib
-from make_jax.text.preprocess import TextPreprocessor
+from make_jax.text.preprocess import MAX_QUERY_CHARS, TextPreprocessor
 
 KEY_SEPARATOR = '\x1f'  # Between the sorted words of a key (never inside a word).
 NAMESPACE = 'make_jax.querylog'
+# Counts are summed and carried by Beam's variable-length int64 coder: at most 2**62.
+MAX_COUNT = 2**62
+# Why a line is skipped (counters `skipped_<reason>`).
+SKIP_REASONS = ('bad_utf8', 'no_query_column', 'bad_count', 'control_characters', 'too_long')
 
 
-def parse_line(line: str, query_column: int = 0, count_column: int = 1) -> tuple[str, int]:
+class BadLine(ValueError):
+  """A log line that cannot be used; args[0] is its reason (one of SKIP_REASONS)."""
+
+
+def parse_line(line: str | bytes, query_column: int = 0, count_column: int = 1) -> tuple[str, int]:
   """(query, count) of one tab-separated log line; count 1 when its column is absent.
 
   Raises:
-    ValueError: no query column, or a count column that is not a positive integer.
+    BadLine: with the reason (SKIP_REASONS) the line cannot be used.
   """
+  if isinstance(line, bytes):
+    try:
+      line = line.decode('utf-8')
+    except UnicodeDecodeError:
+      raise BadLine('bad_utf8') from None
   cols = line.rstrip('\r\n').split('\t')
   if query_column >= len(cols):
-    raise ValueError(f'no column {query_column} in {line!r}')
+    raise BadLine('no_query_column')
   count = 1
   if 0 <= count_column < len(cols) and count_column != query_column:
-    count = int(cols[count_column])
-    if count <= 0:
-      raise ValueError(f'count {count} is not positive in {line!r}')
-  return cols[query_column], count
+    text = cols[count_column].strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+      raise BadLine('bad_count')
+    count = int(text)
+    if not 1 <= count <= MAX_COUNT:
+      raise BadLine('bad_count')
+  query = cols[query_column]
+  if any(unicodedata.category(c) == 'Cc' for c in query):
+    raise BadLine('control_characters')
+  if len(query) > MAX_QUERY_CHARS:
+    raise BadLine('too_long')
+  return query, count
+
+
+def check_bad_share(
+  counters: Mapping[str, int],
+  max_bad_fraction: float,
+  what: str,
+  good: tuple[str, ...] = ('lines', 'empty_queries'),
+) -> None:
+  """Raises ValueError when the skipped items (`skipped_*` counters) are more than
+  `max_bad_fraction` of all items read (the `good` counters + skipped)."""
+  skipped = {k: v for k, v in counters.items() if k.startswith('skipped_') and v}
+  bad = sum(skipped.values())
+  total = sum(counters.get(k, 0) for k in good) + bad
+  if total and bad / total > max_bad_fraction:
+    raise ValueError(
+      f'{what}: {bad} of {total} unreadable ({bad / total:.1%} > max_bad_fraction '
+      f'{max_bad_fraction:.1%}): {skipped}'
+    )
 
 
 def words_key(words: list[str]) -> str:
@@ -77,11 +121,11 @@ class _KeyLines(beam.DoFn):
   def setup(self):
     self._text = text_preprocessor(self._config, self._vocab_path)
 
-  def process(self, line: str) -> Iterator[tuple[str, tuple[str, int]]]:
+  def process(self, line: str | bytes) -> Iterator[tuple[str, tuple[str, int]]]:
     try:
       query, count = parse_line(line, self._query_column, self._count_column)
-    except ValueError:
-      Metrics.counter(NAMESPACE, 'bad_lines').inc()
+    except BadLine as e:
+      Metrics.counter(NAMESPACE, f'skipped_{e.args[0]}').inc()
       return
     words = self._text.words(query)
     if not words:

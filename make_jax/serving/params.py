@@ -18,8 +18,9 @@ import unicodedata
 import urllib.parse
 
 from make_jax.serving import filters
+from make_jax.text import preprocess
 
-MAX_QUERY_CHARS = 256
+MAX_QUERY_CHARS = preprocess.MAX_QUERY_CHARS
 MAX_K = 100
 DEFAULT_K = 10
 

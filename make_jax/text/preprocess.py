@@ -45,6 +45,11 @@ from make_jax.text import wordpiece
 Text = str | bytes
 
 
+# The longest query (in characters) that any entry point accepts: the server's `q`, a line
+# of `tools.search`, a query-log line of the offline table.
+MAX_QUERY_CHARS = 256
+
+
 class TextPreprocessor:
   """Normalises, segments, sorts, hashes and WordPiece-encodes queries and titles."""
 
