@@ -35,6 +35,12 @@ _BITS = flags.DEFINE_integer('shard_bits', 4, '2**shard_bits shards by qid prefi
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Query encoder batch.')
 _DEVICES = flags.DEFINE_integer('num_devices', 1, 'Local devices to shard each batch over.')
 _BEAM = flags.DEFINE_list('beam_args', [], 'Beam pipeline options, comma-separated.')
+_MAX_BAD = flags.DEFINE_float(
+  'max_bad_fraction',
+  0.01,
+  'Fail (keeping the previous output) when more than this share of the input lines or records '
+  'is unreadable; they are skipped and counted by reason in the manifest.',
+)
 
 
 def main(argv):
@@ -68,6 +74,7 @@ def main(argv):
     batch_size=_BATCH.value,
     num_devices=_DEVICES.value,
     pipeline_args=_BEAM.value,
+    max_bad_fraction=_MAX_BAD.value,
   )
   print({'rows': m['rows'], 'counters': m['counters'], 'seconds': time.perf_counter() - start})
 

@@ -37,6 +37,12 @@ _DEVICES = flags.DEFINE_integer('num_devices', 1, 'Local devices to shard each b
 _SHARDS = flags.DEFINE_integer('num_shards', 4, 'Output shard files.')
 _LIMIT = flags.DEFINE_integer('limit', None, 'Export only the first N records.')
 _BEAM = flags.DEFINE_list('beam_args', [], 'Beam pipeline options, comma-separated.')
+_MAX_BAD = flags.DEFINE_float(
+  'max_bad_fraction',
+  0.01,
+  'Fail (keeping the previous output) when more than this share of the input lines or records '
+  'is unreadable; they are skipped and counted by reason in the manifest.',
+)
 
 
 def main(argv):
@@ -61,6 +67,7 @@ def main(argv):
     'num_devices': _DEVICES.value,
     'num_shards': _SHARDS.value,
     'pipeline_args': _BEAM.value,
+    'max_bad_fraction': _MAX_BAD.value,
   }
   if _QUERIES.value:
     m = embed.export_queries(
