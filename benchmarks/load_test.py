@@ -70,6 +70,13 @@ _MIXES = flags.DEFINE_list(
 _MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Encoder: most queries per model call.')
 _MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0, 'Encoder: wait for a batch to fill.')
 _START_TIMEOUT = flags.DEFINE_float('start_timeout_s', 1800.0, 'Longest wait for the server.')
+_URL = flags.DEFINE_string(
+  'url',
+  '',
+  'Load a server that is already running at this base URL (e.g. http://host:8000) instead '
+  'of starting one: the table mix sends the dev queries, the online mix the train queries, '
+  'and the path that answered each is reported.',
+)
 
 
 def read_queries(path: pathlib.Path, limit: int) -> list[str]:
@@ -263,6 +270,26 @@ def _wait_for_health(base: str, proc, timeout_s: float) -> None:
     time.sleep(0.2)
 
 
+def _run_mixes(base: str, mixes: dict[str, list[str]]) -> None:
+  """Every mix for each client count, then the server's own error count."""
+  print(f'load: k={_K.value}, {_DURATION.value:.0f} s per mix after {_WARMUP.value:.0f} s warm-up')
+  for clients in (int(c) for c in _CLIENTS.value):
+    for mix in _MIXES.value:
+      if not mixes[mix]:
+        print(f'\nmix {mix}: skipped, no query of the sample belongs to it')
+        continue
+      endpoint = '/healthz' if mix == 'healthz' else '/search'
+      warm = _load(base, mixes[mix], clients, _K.value, _WARMUP.value, endpoint)
+      _, warm_errors = asyncio.run(warm)
+      if warm_errors:
+        print(f'mix {mix}: errors during warm-up: {dict(warm_errors)}')
+      start = time.perf_counter()
+      load = _load(base, mixes[mix], clients, _K.value, _DURATION.value, endpoint)
+      records, errors = asyncio.run(load)
+      report(f'{mix}, {clients} clients', records, errors, time.perf_counter() - start)
+  print(f'\nserver-side 5xx / internal errors: {_server_errors(base)}')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -276,6 +303,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unknown mixes {sorted(unknown)}: give healthz, table, online')
   table_queries = read_queries(queries_dir / 'dev.query.txt', _NUM_TABLE.value)
   online_queries = read_queries(queries_dir / 'train.query.txt', _NUM_ONLINE.value)
+  if _URL.value:
+    base = _URL.value.rstrip('/')
+    print(
+      f'server: {base} (already running); {len(table_queries)} dev, '
+      f'{len(online_queries)} train queries'
+    )
+    _run_mixes(base, {'healthz': [''], 'table': table_queries, 'online': online_queries})
+    return
   ctx = multiprocessing.get_context('spawn')
   reply = ctx.Queue()
   enc_kwargs = dict(
@@ -294,22 +329,7 @@ def main(argv: list[str]) -> None:
       f'{info["setup_s"] - info["build_s"]:.1f} s; {len(info["online"])} online queries'
     )
     _wait_for_health(base, proc, _START_TIMEOUT.value)
-    print(
-      f'load: k={_K.value}, {_DURATION.value:.0f} s per mix after {_WARMUP.value:.0f} s warm-up'
-    )
-    mixes = {'healthz': [''], 'table': info['table'], 'online': info['online']}
-    for clients in (int(c) for c in _CLIENTS.value):
-      for mix in _MIXES.value:
-        endpoint = '/healthz' if mix == 'healthz' else '/search'
-        warm = _load(base, mixes[mix], clients, _K.value, _WARMUP.value, endpoint)
-        _, warm_errors = asyncio.run(warm)
-        if warm_errors:
-          print(f'mix {mix}: errors during warm-up: {dict(warm_errors)}')
-        start = time.perf_counter()
-        load = _load(base, mixes[mix], clients, _K.value, _DURATION.value, endpoint)
-        records, errors = asyncio.run(load)
-        report(f'{mix}, {clients} clients', records, errors, time.perf_counter() - start)
-    print(f'\nserver-side 5xx / internal errors: {_server_errors(base)}')
+    _run_mixes(base, {'healthz': [''], 'table': info['table'], 'online': info['online']})
   finally:
     proc.terminate()
     proc.join(timeout=30)

@@ -215,6 +215,28 @@ def test_search_page_in_chromium(browser, service, searcher, tmp_path):  # noqa:
   assert 'whitespace' in error.text
   assert browser.find_elements(By.CSS_SELECTOR, '#results .card') == []
 
+  # A k the browser refuses: an error, and the last answer's cards go.
+  _type_and_submit(browser, q, 4)
+  _check_cards(_wait_for_answer(browser, q, 4), _answer(port, q, 4))
+  _type_and_submit(browser, q, 0)
+  WebDriverWait(browser, 20).until(lambda d: error.is_displayed())
+  assert 'k must be' in error.text
+  assert browser.find_elements(By.CSS_SELECTOR, '#results .card') == []
+
+  # No word the model knows: no products, and the page says why.
+  _type_and_submit(browser, '\u2603\u2603', 4)
+  WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, 'no-known-words'))
+  assert browser.find_elements(By.CSS_SELECTOR, '#results .card') == []
+
+  # At 400 px wide (a phone) the Search button is inside the window.
+  browser.set_window_size(400, 800)
+  browser.get(f'http://127.0.0.1:{port}/')
+  button = browser.find_element(By.ID, 'go')
+  right = browser.execute_script('return arguments[0].getBoundingClientRect().right', button)
+  width = browser.execute_script('return document.documentElement.clientWidth')
+  assert button.is_displayed() and right <= width, (right, width)
+  browser.set_window_size(1280, 900)
+
   # A shared URL gives the same answer; its screenshot is what the docs show.
   browser.get(f'http://127.0.0.1:{port}/?q={brand}+{category}&k=4')
   _check_cards(_wait_for_answer(browser, q, 4), _answer(port, q, 4))

@@ -67,7 +67,12 @@ def serve(searcher):
   sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
   sock.bind(('127.0.0.1', 0))
   port = sock.getsockname()[1]
-  config = uvicorn.Config(server.create_app(searcher), log_level='warning', lifespan='off')
+  config = uvicorn.Config(
+    server.create_app(searcher),
+    log_level='warning',
+    lifespan='off',
+    h11_max_incomplete_event_size=server.H11_MAX_BYTES,  # As tools.serve runs it.
+  )
   srv = uvicorn.Server(config)
   thread = threading.Thread(target=srv.run, kwargs={'sockets': [sock]}, daemon=True)
   thread.start()
@@ -292,3 +297,15 @@ def test_random_unicode_queries_never_get_a_500(service):
     assert status in (200, 400), (text, status, body[:200])
     statuses.add(status)
   assert statuses == {200, 400}
+
+
+def test_long_urls_are_414_and_unknown_routes_use_the_error_shape(service):
+  port, _ = service
+  status, _, body = get(port, '/search?q=' + 'a' * 20_000)
+  assert status == 414 and 'limit is 8192' in json.loads(body)['error']
+  status, _, body = get(port, '/no/such/page')
+  assert status == 404 and set(json.loads(body)) == {'error'}
+  status, _, body = get(port, '/search', method='DELETE')
+  assert status == 405 and set(json.loads(body)) == {'error'}
+  status, ctype, body = get(port, '/favicon.ico')
+  assert status == 200 and ctype.startswith('image/svg+xml') and body.startswith(b'<svg')

@@ -28,12 +28,17 @@ import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from make_jax.serving import params as params_lib
 from make_jax.serving import search as search_lib
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / 'static'
-_ENDPOINTS = ('/search', '/healthz', '/metrics', '/', '/image')
+# Request targets (path and query string) longer than this get a 414. `tools.serve` lets
+# the HTTP parser read lines up to H11_MAX_BYTES so that such a request reaches the app.
+MAX_URL_BYTES = 8192
+H11_MAX_BYTES = 1 << 20
+_ENDPOINTS = ('/search', '/healthz', '/metrics', '/', '/image', '/favicon.ico')
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _log = logging.getLogger(__name__)
 
@@ -118,8 +123,21 @@ def create_app(
   ).set_function(lambda: table_health()['degraded_lookups'])
   app.state.searcher = searcher
 
+  # The segmenter loads its dictionary on first use (~1 s for jieba): before the first query.
+  searcher.preprocessor.words('预热 warm up')
+
+  @app.exception_handler(StarletteHTTPException)
+  async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """404 / 405 (and any framework error) in the one error shape: {"error": ...}."""
+    return _error(exc.status_code, f'{exc.detail}: {request.method} {request.url.path[:200]}')
+
   @app.middleware('http')
   async def count_requests(request: Request, call_next):
+    target = len(request.scope.get('raw_path', b'')) + len(request.scope.get('query_string', b''))
+    if target > MAX_URL_BYTES:
+      metrics.errors.labels('bad_request').inc()
+      metrics.requests.labels(_endpoint(request.url.path), '414').inc()
+      return _error(414, f'the URL has {target} bytes; the limit is {MAX_URL_BYTES}')
     try:
       response = await call_next(request)
     except Exception:  # Reached only if a handler's error escaped the handlers below.
@@ -194,6 +212,10 @@ def create_app(
   @app.get('/')
   def page() -> FileResponse:
     return FileResponse(STATIC_DIR / 'index.html')
+
+  @app.get('/favicon.ico')
+  def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / 'favicon.svg', media_type='image/svg+xml')
 
   app.mount('/static', StaticFiles(directory=STATIC_DIR), name='static')
   return app

@@ -128,6 +128,13 @@ $('search-form').addEventListener('submit', (event) => {
   runSearch(q, k);
 });
 
+// A k the browser refuses (outside 1-100, not a number) blocks the submit: say so, and do
+// not leave the previous query's results on the page as if they answered this one.
+$('k').addEventListener('invalid', () => {
+  latestSearch++;
+  showError(`k must be a whole number from 1 to 100; got ${JSON.stringify($('k').value)}`);
+});
+
 const initial = new URLSearchParams(location.search);
 if (initial.get('q')) {
   $('q').value = initial.get('q');
