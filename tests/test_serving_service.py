@@ -330,3 +330,10 @@ def test_a_shard_garbled_after_start_is_marked_bad_at_its_first_lookup(served, t
   words = served['searcher'].preprocessor.words('红色 连衣裙')
   assert table.lookup(words) is None
   assert shard in table.bad_shards and table.degraded_lookups == 1
+
+
+def test_a_damaged_run_config_is_named(served, tmp_path):
+  lay = _copy(served, tmp_path)
+  (lay.root / 'config.json').write_bytes(b'{"model": {"embed_dim": 1')
+  with pytest.raises(manifest_lib.ManifestError, match=r'config\.json is damaged'):
+    service.searcher_from_workdir(lay.root)

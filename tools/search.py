@@ -36,7 +36,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   entries, counts = batch.read_queries(_QUERIES.value, serve.MAX_CHARS.value)
   logging.info('queries: %s', counts)
-  searcher = serve.searcher_from_flags()
+  searcher = serve.searcher_or_exit('tools.search')
   lines, paths = batch.search_lines(
     searcher, entries, _K.value, use_filters=_FILTER.value, chunk=_CHUNK.value
   )

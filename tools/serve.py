@@ -86,9 +86,9 @@ def searcher_from_flags():
   return _from_workdir(_WORKDIR.value, **kwargs)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def searcher_or_exit(tool: str):
+  """`searcher_from_flags()`, or exit with one line naming a missing or damaged artefact
+  (file and rebuild command) instead of a traceback."""
   from make_jax.export.manifest import ManifestError
 
   damaged: tuple[type[Exception], ...] = (ManifestError, FileNotFoundError)
@@ -99,10 +99,15 @@ def main(argv):
   except ImportError:  # Serving without the trainer's checkpoint reader (--demo).
     pass
   try:
-    searcher = searcher_from_flags()
+    return searcher_from_flags()
   except damaged as e:
-    # A missing or damaged artefact: one line naming it and its rebuild, no traceback.
-    sys.exit(f'tools.serve: {e}')
+    sys.exit(f'{tool}: {e}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  searcher = searcher_or_exit('tools.serve')
   logging.info(
     'serving %d products on http://%s:%d/', len(searcher.catalogue), _HOST.value, _PORT.value
   )

@@ -126,8 +126,13 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
       f'{path} not found: a served workdir holds config.json, vocab.txt, checkpoints/ and export/'
     )
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text('utf-8')))
+  except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
+    raise manifest_lib.ManifestError(
+      f'{path} is damaged ({type(e).__name__}): it is written by python -m tools.train at the '
+      'start of a run; restore it from the run (its checkpoints hold a copy under config/)'
+    ) from None
 
 
 def _require(directory: pathlib.Path, what: str, command: str) -> None:
