@@ -1,5 +1,5 @@
-"""Export pipeline (DirectRunner): embeddings equal `encode_product`, on 8 devices as on one;
-query export; manifest; atomic output."""
+"""Export pipeline (DirectRunner): embeddings equal `encode_product`, on 8 devices as on one
+and in Beam's multi-process mode; query export; manifest; atomic output."""
 
 import numpy as np
 import pytest
@@ -45,6 +45,13 @@ def test_export_equals_encode_product_on_one_and_eight_devices(setup, tmp_path):
   np.testing.assert_array_equal(ids8, ids1)
   np.testing.assert_allclose(emb8, emb1, atol=1e-6)
   np.testing.assert_allclose(other8['modal_weights'], other1['modal_weights'], atol=1e-6)
+  # Beam's multi-process mode (every DoFn pickled into worker processes, nothing shared, as
+  # on a cluster) exports the same.
+  multi = ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
+  embed.export_catalogue(config, vocab, tmp_path / 'mp', pipeline_args=multi, **kw)
+  ids_mp, emb_mp, _, _ = embed.read_embeddings(tmp_path / 'mp')
+  np.testing.assert_array_equal(ids_mp, ids1)
+  np.testing.assert_allclose(emb_mp, emb1, atol=1e-6)
 
   # The model's own encode_product on the same featurised records, in one batch.
   text = TextPreprocessor.from_vocab_file(vocab)
