@@ -309,3 +309,17 @@ def test_long_urls_are_414_and_unknown_routes_use_the_error_shape(service):
   assert status == 405 and set(json.loads(body)) == {'error'}
   status, ctype, body = get(port, '/favicon.ico')
   assert status == 200 and ctype.startswith('image/svg+xml') and body.startswith(b'<svg')
+
+
+def test_an_unreadable_image_is_a_404_not_a_500(service, monkeypatch):
+  port, catalogue = service
+
+  def damaged(product_id):
+    raise OSError(f'image store truncated at product {product_id}')
+
+  monkeypatch.setattr(catalogue, 'image_loader', damaged)
+  status, _, body = get(port, f'/image/{int(catalogue.ids[3])}')
+  assert status == 404 and 'cannot be read' in json.loads(body)['error']
+  text = get(port, '/metrics')[2].decode()
+  assert 'make_errors_total{kind="damaged_artefact"} 1.0' in text
+  assert 'status="500"' not in text

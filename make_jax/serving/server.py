@@ -63,7 +63,7 @@ class Metrics:
     )
     self.errors = prometheus_client.Counter(
       'make_errors',
-      'Errors by kind (bad_request, unavailable, internal).',
+      'Errors by kind (bad_request, unavailable, damaged_artefact, internal).',
       ['kind'],
       registry=self.registry,
     )
@@ -204,7 +204,12 @@ def create_app(
   def image(product_id: str) -> Response:
     if not (product_id.isascii() and product_id.isdigit() and len(product_id) <= 18):
       return _error(400, f'product id must be a non-negative integer; got {product_id[:30]!r}')
-    data = searcher.catalogue.image(int(product_id))
+    try:
+      data = searcher.catalogue.image(int(product_id))
+    except Exception:  # A damaged image store: this image is missing, the server is not down.
+      _log.exception('image of product %s unreadable', product_id)
+      metrics.errors.labels('damaged_artefact').inc()
+      return _error(404, f'the image of product {product_id} cannot be read')
     if data is None:
       return _error(404, f'no image for product {product_id}')
     return Response(data, media_type=_image_type(data), headers={'Cache-Control': 'max-age=86400'})
