@@ -23,8 +23,9 @@ Scale for 2 CPU cores: one device (`single`: the whole batch is every query's in
 negatives, which is what CDNS gives on many devices), batch 64, queries of 12 tokens and
 titles of 24 (the fashion titles' 99th percentile in MiniLM's tokens is 17), packed
 (`data.pack_text`: a batch's 64 queries share ~30 rows of 12, its titles ~29 rows of 24), 32 px
-images through a narrow ResNet-18 and one image-transformer layer: 800 steps, 2.998 model
-GFLOP per example, ~1.6 s a step on 2 cores (~22 min a row). For one accelerator:
+images through a narrow ResNet-18 and one image-transformer layer: 800 steps; on 2 shared
+cores ~1.35 s a step for MAKE (~20 min a run) and ~0.8 s for the text-only two-tower
+(~13 min), measured by `tools.results` (docs/results.md). For one accelerator:
 `--config=configs/finetune.py:accelerator` (batch 512, bfloat16, 64 px images through a
 ResNet-18 of width 32 and 6 image layers, 600 steps; see the estimate there).
 """
