@@ -11,7 +11,12 @@ model too small for the tokenizer must be refused with a message that says which
 to change.
 """
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +30,8 @@ from make_jax.serving import service
 from make_jax.train import checkpoint, optimizer
 from make_jax.train import step as train_step
 from tests import trainer_testlib
+
+ROOT = trainer_testlib.ROOT
 
 
 def text_words(workdir, query):
@@ -110,8 +117,48 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   assert capsys.readouterr().out.count('is up to date (same checkpoint and model): reused') == 3
   assert [r.product_id for r in again['serving']['answers']['logged'].results] == got
 
+  # Damaged artefacts through the real batch-search CLI: a truncated index stops it with one
+  # line naming the file and the rebuild; a truncated table shard only sends its queries
+  # online (one output line per input line still).
+  _cli_faults(tmp_path, logged.query)
+
   # The model's embedding table must cover the tokenizer's vocabulary.
   config.model.vocab_size = text.vocab_size - 1
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
   with pytest.raises(ValueError, match=r'model\.vocab_size'):
     train_step.make_train_step(make_model.build_model(config), tx, config, text)
+
+
+def _search_cli(workdir, queries_file, output):
+  cmd = [sys.executable, '-m', 'tools.search', f'--workdir={workdir}']
+  cmd += [f'--queries={queries_file}', f'--output={output}', '--k=5']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _cli_faults(workdir, logged_query):
+  base = workdir.parent / f'{workdir.name}-faults'
+  base.mkdir()
+  queries = base / 'queries.txt'
+  queries.write_text(f'{logged_query}\nsome unlogged words\n   \n', 'utf-8')
+  index_copy = base / 'damaged_index'
+  shutil.copytree(workdir, index_copy, ignore=shutil.ignore_patterns('tensorflow_datasets'))
+  victim = max((index_copy / 'export' / 'index').glob('*'), key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+  done = _search_cli(index_copy, queries, base / 'out1.jsonl')
+  last = done.stderr.strip().splitlines()[-1]
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr[-2000:]
+  assert last.startswith('tools.search:') and str(victim) in last and 'tools.build_index' in last
+
+  table_copy = base / 'damaged_table'
+  shutil.copytree(workdir, table_copy, ignore=shutil.ignore_patterns('tensorflow_datasets'))
+  for shard in (table_copy / 'export' / 'query_table').glob('shard-*'):
+    ids = shard / 'ids.npy'
+    ids.write_bytes(ids.read_bytes()[:100])
+  out = base / 'out2.jsonl'
+  done = _search_cli(table_copy, queries, out)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = [json.loads(line) for line in out.read_text('utf-8').splitlines()]
+  assert [r['line'] for r in lines] == [1, 2, 3]
+  assert lines[0]['path'] == 'online' and len(lines[0]['product_ids']) == 5
+  assert 'whitespace' in lines[2]['error']
