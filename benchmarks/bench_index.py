@@ -137,12 +137,12 @@ def recall_at(found, truth):
 
 
 def bench_exact(db, queries, k):
-  from make_jax.export.index import exact_top_k
+  from make_jax.retrieval.topk import exact_top_k
 
   start = time.perf_counter()
-  truth, _ = exact_top_k(db, queries, k)
+  truth, _ = exact_top_k(queries, db, k)
   batched = len(queries) / (time.perf_counter() - start)
-  SINGLE['exact_numpy'] = (lambda q: exact_top_k(db, q[None], k), max(1, _SINGLE.value // 10))
+  SINGLE['exact_numpy'] = (lambda q: exact_top_k(q[None], db, k), max(1, _SINGLE.value // 10))
   return truth, {
     'build_s': 0.0,
     'memory_mb': db.nbytes / 2**20,

@@ -3,17 +3,7 @@
 import numpy as np
 import pytest
 
-from make_jax.evaluation import metrics
-
-
-def test_exact_top_k_breaks_ties_by_lower_product_id():
-  # Products 30 and 10 score 1.0, 20 scores 0.5, 40 scores -1.
-  products = np.array([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0], [-1.0, 0.0]])
-  ids = np.array([30, 20, 10, 40])
-  rows = metrics.exact_top_k(np.array([[1.0, 0.0]]), products, 3, ids)
-  assert ids[rows].tolist() == [[10, 30, 20]]
-  # Without ids the row index breaks the tie; K beyond the catalogue gives all rows.
-  assert metrics.exact_top_k(np.array([[1.0, 0.0]]), products, 10).tolist() == [[0, 2, 1, 3]]
+from make_jax.retrieval import metrics
 
 
 def test_recall_hand_computed():

@@ -9,6 +9,7 @@ import pytest
 
 from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
+from make_jax.retrieval import topk
 
 EXPORT = {'checkpoint_step': 7, 'config_fingerprint': 'abc123', 'source': {'split': 'x'}}
 
@@ -44,7 +45,7 @@ def test_brute_force_equals_numpy_top_k(data):
   ids, emb, queries = data
   index = index_lib.build(emb, ids, EXPORT, index_lib.configure(len(ids), k=10))
   found, scores = index.search_batched(queries, 10)
-  rows, want_scores = index_lib.exact_top_k(emb, queries, 10)
+  rows, want_scores = topk.exact_top_k(queries, emb, 10)
   np.testing.assert_array_equal(found, ids[rows])
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
   one, _ = index.search(queries[3], 10)
@@ -59,7 +60,7 @@ def test_tree_index_tuned_reaches_target_recall(data):
   result = index_lib.tune(index, ids, emb, queries, k=20, target_recall=0.95)
   assert result['recall'] >= 0.95 and index.manifest['search']['reached_target']
   found, _ = index.search_batched(queries, 20)
-  truth = ids[index_lib.exact_top_k(emb, queries, 20)[0]]
+  truth = ids[topk.exact_top_k(queries, emb, 20)[0]]
   assert index_lib.recall(found, truth) == pytest.approx(result['recall'])
 
 

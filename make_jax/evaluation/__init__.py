@@ -1,6 +1,5 @@
-"""Evaluation (SPEC section 9): Recall@K, P_rel@K, P_cate@K and their bootstrap intervals.
+"""Evaluation (SPEC section 9): the results table, its rows and sources, the figures.
 
-Nothing is imported here on purpose: `evaluation.metrics` is a pure-NumPy leaf that the
-trainer (a lower layer) imports, and importing this package must not pull in the layers
-above it.
+The formulas (Recall@K, P_rel@K, P_cate@K, bootstrap intervals) live in
+`retrieval/metrics.py`, shared with the trainer. Modules are imported by name.
 """

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from make_jax.evaluation import evaluate, sources
+from make_jax.evaluation import sources
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.retrieval import topk
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import segment as segment_lib
 
@@ -39,8 +40,8 @@ Ranking = tuple[np.ndarray, np.ndarray]
 
 
 def _rank(scores: np.ndarray, product_ids: np.ndarray, k: int) -> Ranking:
-  rows = evaluate.top_k_of_scores(scores, product_ids, k)
-  return product_ids[rows], np.take_along_axis(np.asarray(scores, np.float64), rows, axis=1)
+  rows, top = topk.top_k(np.asarray(scores, np.float64), k, product_ids)
+  return product_ids[rows], top
 
 
 # --- BM25 -------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 Why a module of its own: the offline evaluation (`evaluation/evaluate.py`), the baselines
 (`evaluation/baselines.py`) and the results driver all need the same view of a split, and
-none of them needs a model, a vocabulary or images; `train/retrieval_eval.py` reads the
+none of them needs a model, a vocabulary or images; `retrieval/evaluator.py` reads the
 same records for in-training search but featurises them for a model.
 
 What an `EvalSet` holds (built from a TFDS builder with `from_builder`, or from plain
 record dicts with `from_records`, which the tests use):
-- the catalogue: every product id once, sorted (the tie rule of `evaluation/metrics.py`
+- the catalogue: every product id once, sorted (the tie rule of `retrieval/topk.py`
   ranks equal scores by lower product id), its title and its attribute values;
 - the queries of the split, grouped by query text (the fashion builder writes one word
   order per query key), in order of first appearance; a query's targets are the product

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from make_jax.evaluation import metrics
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.retrieval import metrics
 
 DEFAULT_KS = (10, 100, 1000)
 DEFAULT_JUDGED_KS = (10,)
@@ -45,16 +45,6 @@ DEFAULT_JUDGED_KS = (10,)
 
 def _norm(value: Any) -> str:
   return str(value).strip().casefold()
-
-
-# --- Ranking ----------------------------------------------------------------------------
-
-
-def top_k_of_scores(scores: np.ndarray, product_ids: np.ndarray, k: int) -> np.ndarray:
-  """Rows of the top-k of [Q, N] scores, ties to the lower product id (metrics' rule)."""
-  scores = np.asarray(scores, np.float64)
-  ids = np.broadcast_to(np.asarray(product_ids), scores.shape)
-  return np.lexsort((ids, -scores), axis=-1)[:, : min(k, scores.shape[1])]
 
 
 # --- Scoring ----------------------------------------------------------------------------

@@ -90,8 +90,9 @@ def rank_trained(
   product embeddings.
   """
   from make_jax.models import make_model
+  from make_jax.retrieval import evaluator as evaluator_lib
   from make_jax.text.preprocess import TextPreprocessor
-  from make_jax.train import checkpoint, retrieval_eval
+  from make_jax.train import checkpoint
 
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   words = (workdir / 'domain_words.txt').read_text(encoding='utf-8').splitlines()
@@ -113,7 +114,7 @@ def rank_trained(
     + b'\0'
     + (workdir / 'domain_words.txt').read_bytes()
   ).hexdigest()
-  ev = retrieval_eval.RetrievalEvaluator(
+  ev = evaluator_lib.RetrievalEvaluator(
     config,
     text,
     builder,

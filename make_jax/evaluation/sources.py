@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from make_jax import atomic_file
-from make_jax.evaluation import metrics
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.retrieval import topk
 from make_jax.text import normalize as normalize_lib
 from make_jax.text import qid as qid_lib
 from make_jax.text import segment as segment_lib
@@ -153,7 +153,7 @@ def search_embeddings(
   Returns:
     (ids int64 [Q, min(k, M')], scores float64 [Q, min(k, M')], counts): the M' products
     both embedded and in the catalogue are ranked (ties to the lower product id,
-    `metrics.exact_top_k`); the others are counted and left out.
+    `retrieval/topk.py`); the others are counted and left out.
   """
   query_emb, product_emb = np.asarray(query_emb), np.asarray(product_emb)
   product_ids = np.asarray(product_ids, np.int64)
@@ -174,14 +174,10 @@ def search_embeddings(
   product_ids, product_emb = product_ids[known], product_emb[known]
   if not len(product_ids):
     raise ValueError('No embedded product is in the catalogue')
-  ids, scores = [], []
-  p64 = np.asarray(product_emb, np.float64)
-  for start in range(0, len(query_emb), chunk):
-    q = np.asarray(query_emb[start : start + chunk], np.float64)
-    rows = metrics.exact_top_k(q, p64, k, product_ids)
-    ids.append(product_ids[rows])
-    scores.append(np.take_along_axis(q @ p64.T, rows, axis=1))
-  return np.concatenate(ids), np.concatenate(scores), counts
+  rows, scores = topk.exact_top_k(
+    query_emb, product_emb, k, product_ids, dtype=np.float64, chunk=chunk
+  )
+  return product_ids[rows], scores, counts
 
 
 def align_queries(

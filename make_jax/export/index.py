@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from make_jax.export import manifest as manifest_lib
+from make_jax.retrieval import topk
 
 REBUILD = (
   'Re-export the embeddings with this model (python -m tools.export) and rebuild the index '
@@ -87,24 +88,6 @@ def build_searcher(embeddings: np.ndarray, ids: np.ndarray, cfg: IndexConfig) ->
       .reorder(cfg.reorder)
     )
   return builder.build(docids=[int(i) for i in ids])
-
-
-def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1024):
-  """Brute-force (indices [q, k], scores [q, k]) by inner product, best first (NumPy).
-
-  Queries go in chunks of at most `chunk`, fewer for a large database, so that the score
-  matrix and argpartition's int64 output stay near 0.8 GB.
-  """
-  chunk = max(1, min(chunk, 2**26 // max(1, len(embeddings))))
-  out_i, out_s = [], []
-  for start in range(0, len(queries), chunk):
-    scores = queries[start : start + chunk] @ embeddings.T
-    part = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    ps = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-ps, axis=1, kind='stable')
-    out_i.append(np.take_along_axis(part, order, 1))
-    out_s.append(np.take_along_axis(ps, order, 1))
-  return np.concatenate(out_i), np.concatenate(out_s)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -191,7 +174,7 @@ def tune(
     {'leaves_to_search', 'reorder', 'recall', 'qps', 'sweep': [...]}
   """
   cfg = index.manifest['config']
-  truth_rows, _ = exact_top_k(embeddings, queries, k)
+  truth_rows, _ = topk.exact_top_k(queries, embeddings, k)
   truth = np.asarray(ids, np.int64)[truth_rows]
   if cfg['brute_force']:
     leaves, reorders = (0,), (0,)

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from make_jax.retrieval import topk
 from make_jax.serving import index as index_lib
 from make_jax.serving import query_understanding as qu
 
@@ -203,7 +204,7 @@ class FilteredSearch:
     # einsum, not `@`: BLAS gemv goes multi-threaded past ~8k rows and then costs ~30 ms
     # on a busy 2-core host; the single-threaded loop is ~0.3 ms for 10k x 64.
     scores = np.einsum('ij,j->i', np.asarray(self.embeddings[rows], np.float32), query)
-    idx, vals = index_lib.top_k(scores[None], k)
+    idx, vals = topk.top_k(scores[None], k)
     return rows[idx[0]], vals[0]
 
   def search(

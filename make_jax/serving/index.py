@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from make_jax.retrieval import topk
 from make_jax.text import qid as qid_lib
 
 
@@ -68,25 +69,6 @@ def rows_of_ids(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> n
   return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Indices and values of the k largest entries of each row of `scores` [B, N], sorted.
-
-  Ties are broken by the smaller index, so exact searches are deterministic.
-  """
-  b, n = scores.shape
-  k = min(k, n)
-  if k <= 0:
-    return np.zeros((b, 0), np.int64), np.zeros((b, 0), np.float32)
-  if k < n:
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-  else:
-    part = np.broadcast_to(np.arange(n), (b, n))
-  vals = np.take_along_axis(scores, part, axis=1)
-  order = np.lexsort((part, -vals), axis=1)
-  idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
-  return idx, np.take_along_axis(vals, order, axis=1).astype(np.float32)
-
-
 class ExactIndex:
   """Brute-force inner product search (NumPy): exact, O(N d) per query."""
 
@@ -104,7 +86,7 @@ class ExactIndex:
     queries = np.asarray(queries, np.float32)
     if queries.ndim != 2 or queries.shape[1] != self._emb.shape[1]:
       raise ValueError(f'queries must be [B, {self._emb.shape[1]}]; got {queries.shape}')
-    return top_k(queries @ np.asarray(self._emb, np.float32).T, k)
+    return topk.exact_top_k(queries, self._emb, k)
 
 
 class DictTable:

@@ -34,9 +34,10 @@ from make_jax import atomic_file
 from make_jax.input import packing
 from make_jax.models import bert_import, make_model
 from make_jax.parallel import mesh as mesh_lib
+from make_jax.retrieval import evaluator as evaluator_lib
 from make_jax.train import checkpoint as checkpoint_lib
 from make_jax.train import flops as flops_lib
-from make_jax.train import inputs, layouts, optimizer, reporting, retrieval_eval
+from make_jax.train import inputs, layouts, optimizer, reporting
 from make_jax.train import state as state_lib
 from make_jax.train import step as train_step
 
@@ -176,7 +177,7 @@ def train_and_evaluate(
   eval_every = int(train.get('eval_every', 0))
   evaluator = None
   if eval_every > 0 and primary:
-    evaluator = retrieval_eval.RetrievalEvaluator(
+    evaluator = evaluator_lib.RetrievalEvaluator(
       config,
       text,
       builder,

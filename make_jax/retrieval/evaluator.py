@@ -15,7 +15,7 @@ What it evaluates:
   featuriser (`input/featurize.make_featurizer(require_query=False)`); records the
   featuriser rejects are skipped and counted (`skipped_products`). Rows are sorted by
   product id, so that `lax.top_k` (the lower index first among equal scores) follows the
-  tie rule of `evaluation/metrics.py`: equal scores go to the lower product id.
+  tie rule of `retrieval/topk.py`: equal scores go to the lower product id.
 - Queries: the distinct queries of `split`, grouped by qid (`TextPreprocessor.qid`); a
   query's targets are the product ids of all its records in that split that the
   catalogue holds. With `max_queries`, the queries with the smallest qids are kept (the
@@ -48,9 +48,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-import make_jax.evaluation.metrics as metrics_lib
 from make_jax.input import reading
 from make_jax.input.featurize import SkipRecord, decode_image, make_featurizer
+from make_jax.retrieval import metrics as metrics_lib
+from make_jax.retrieval import topk
 
 # What `_load_catalogue` sets: the state evaluators may share through a catalogue cache.
 _CATALOGUE_FIELDS = (
@@ -274,27 +275,7 @@ class RetrievalEvaluator:
 
     def search(queries, products):
       self.traces += 1
-      chunks = products.reshape(-1, chunk, products.shape[-1])
-      offsets = jnp.arange(chunks.shape[0], dtype=jnp.int32) * chunk
-
-      def body(best, xs):
-        block, offset = xs
-        scores = jnp.dot(queries, block.T, precision=jax.lax.Precision.HIGHEST)
-        rows = offset + jnp.arange(chunk, dtype=jnp.int32)
-        scores = jnp.where(rows < n, scores, -jnp.inf)
-        # The running best come first and hold lower rows: top_k's lower-index-first
-        # rule among equal scores keeps the lower product id.
-        all_scores = jnp.concatenate([best[0], scores], axis=1)
-        all_rows = jnp.concatenate([best[1], jnp.broadcast_to(rows, scores.shape)], axis=1)
-        top, pos = jax.lax.top_k(all_scores, k)
-        return (top, jnp.take_along_axis(all_rows, pos, axis=1)), None
-
-      init = (
-        jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32),
-        jnp.full((queries.shape[0], k), -1, jnp.int32),
-      )
-      (_, rows), _ = jax.lax.scan(body, init, (chunks, offsets))
-      return rows
+      return topk.running_top_k(queries, products, k, n, chunk)
 
     self._encode_products = jax.jit(encode_products, static_argnums=0)
     self._encode_queries = jax.jit(encode_queries, static_argnums=0)

@@ -1,14 +1,12 @@
 """Retrieval metrics of SPEC section 9 (paper section 4.1), per query and overall, in NumPy.
 
-Why a pure-NumPy leaf: evaluation during training (`train/retrieval_eval.py`) and the
-offline evaluation tool must use the same formulas, and the trainer sits below
-`evaluation/` in the package's layers; this module imports nothing of the package, so
-any layer may import it (`tests/test_layout.py`).
+Evaluation during training (`retrieval/evaluator.py`) and the offline evaluation
+(`evaluation/evaluate.py`) use these same formulas; they live in `retrieval/`, below both
+the trainer and `evaluation/` in the package's layers.
 
 Interface (every per-query function returns float64 [Q, len(ks)], NaN where the metric
 does not apply to that query; `summarize` averages over the queries it applies to):
 
-  exact_top_k(query_emb, product_emb, k, product_ids)   rows of the top-k by inner product
   recall_at_k(retrieved_ids, targets, ks)                 eq. 4
   p_rel_at_k(retrieved_attributes, constraints, ks)       eq. 5, attribute-consistency judge
   p_cate_at_k(retrieved_categories, query_category, ks)   eq. 6
@@ -17,8 +15,8 @@ does not apply to that query; `summarize` averages over the queries it applies t
 
 Rules a reader must know:
 - **Ties**: products are ranked by score, highest first; equal scores go to the lower
-  product id first. `exact_top_k` follows it, and so does the evaluator's device search
-  (catalogue sorted by id, `lax.top_k` keeps the lower index first).
+  product id first (`retrieval/topk.py`, the one ranking rule; the evaluator's device
+  search follows it with its catalogue sorted by id).
 - **K larger than the catalogue**: only N products can be retrieved; @K then means @N
   (Recall over all N, P_rel / P_cate the mean over all N retrieved).
 - **A query with no target in the catalogue** (empty target set, after the caller
@@ -51,33 +49,6 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
   if not ks or min(ks) < 1:
     raise ValueError(f'ks must be positive integers, got {ks}')
   return ks
-
-
-def exact_top_k(
-  query_emb: np.ndarray,
-  product_emb: np.ndarray,
-  k: int,
-  product_ids: np.ndarray | None = None,
-) -> np.ndarray:
-  """Exact top-k by inner product, ties to the lower product id: the reference search.
-
-  Args:
-    query_emb: [Q, d] query embeddings.
-    product_emb: [N, d] product embeddings.
-    k: products per query; more than N gives all N.
-    product_ids: [N] ids that break ties (default: the row index).
-
-  Returns:
-    int64 [Q, min(k, N)] row indices into `product_emb`, best first.
-  """
-  scores = np.asarray(query_emb, np.float64) @ np.asarray(product_emb, np.float64).T
-  n = scores.shape[1]
-  ids = np.arange(n) if product_ids is None else np.asarray(product_ids)
-  if ids.shape != (n,):
-    raise ValueError(f'product_ids has shape {ids.shape}, expected ({n},)')
-  # lexsort: the last key is the primary one.
-  order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=-1)
-  return order[:, : min(k, n)]
 
 
 def recall_at_k(

@@ -19,8 +19,8 @@ from configs import tiny
 from make_jax.datasets import loading
 from make_jax.input.featurize import make_featurizer
 from make_jax.models import make_model
+from make_jax.retrieval import evaluator as evaluator_lib
 from make_jax.text.preprocess import TextPreprocessor
-from make_jax.train import retrieval_eval
 
 KS = (1, 10, 100)
 
@@ -114,7 +114,7 @@ def _naive_recall(config, text, builder, evaluator, model, params, max_queries):
 @pytest.mark.slow
 def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, builder):
   model, params = _tiny_model(config)
-  evaluator = retrieval_eval.RetrievalEvaluator(
+  evaluator = evaluator_lib.RetrievalEvaluator(
     config, text, builder, 'validation', max_queries=40, ks=KS, batch_size=64, search_chunk=128
   )
   got = evaluator(model, params)
@@ -134,7 +134,7 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
     assert 0 < got[f'{name}@10'] <= 1 and got[f'{name}_queries'] > 0
 
   # Decoding images per batch (no cache) gives the batches of the cache.
-  uncached = retrieval_eval.RetrievalEvaluator(
+  uncached = evaluator_lib.RetrievalEvaluator(
     config, text, builder, 'validation', max_queries=10, ks=KS, batch_size=64, image_cache_bytes=0
   )
   assert not isinstance(uncached._images, np.ndarray)
@@ -146,7 +146,7 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
   # A catalogue cache: the second evaluator reads no catalogue and gives the same metrics.
   cache = {}
   cached = functools.partial(
-    retrieval_eval.RetrievalEvaluator,
+    evaluator_lib.RetrievalEvaluator,
     config,
     text,
     builder,
@@ -161,7 +161,7 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
   first = cached()
   assert list(cache) == ['k']
   with mock.patch.object(
-    retrieval_eval.RetrievalEvaluator, '_load_catalogue', side_effect=AssertionError('read')
+    evaluator_lib.RetrievalEvaluator, '_load_catalogue', side_effect=AssertionError('read')
   ):
     second = cached()
   assert first(model, params) == got and second(model, params) == got
@@ -198,7 +198,7 @@ class _LookupModel(nn.Module):
 @pytest.fixture(scope='module')
 def test_split_evaluator(config, text, builder):
   # Batches of 48 and chunks of 96 over 1000 products: padded batches, a merge per chunk.
-  return retrieval_eval.RetrievalEvaluator(
+  return evaluator_lib.RetrievalEvaluator(
     config, text, builder, 'test', max_queries=100, ks=KS, batch_size=48, search_chunk=96
   )
 
