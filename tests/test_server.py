@@ -30,7 +30,8 @@ DIM = 16
 class HashingEncoder:
   """Sum of per-word pseudo-random unit vectors (seeded by the word), L2-normalised."""
 
-  def encode(self, text: str) -> np.ndarray:
+  def encode(self, query) -> np.ndarray:
+    text = query if isinstance(query, str) else query.text  # Text or preprocess.Query.
     v = np.zeros(DIM, np.float32)
     for w in qu.words_of(text) or ['']:
       seed = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), 'little')

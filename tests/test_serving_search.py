@@ -188,6 +188,43 @@ def test_search_batch_equals_one_by_one(parts):
     )
 
 
+def test_a_query_is_prepared_once_and_looked_up_once(parts, monkeypatch):
+  """The query's words are computed once (`TextPreprocessor.query`) and carried to every
+  stage: one normalisation per query, one table lookup per query in a batch too."""
+  pre = parts['pre']
+  table = index.DictTable({pre.qid('some cached query'): (np.arange(8), np.ones(8))})
+  s = parts['searcher'](table)
+  texts = ['cached query some', 'vintage red dress', 'soft light premium hat']
+  for text in texts:
+    q = pre.query(text)
+    assert list(q.words) == pre.words(text) and list(q.known_words) == pre.known_words(text)
+    assert list(q.encoding_words) == pre.encoding_words(text)
+  want = [[r.product_id for r in a.results] for a in s.search_batch(texts, K)]
+
+  from make_jax.text import normalize as normalize_lib
+
+  calls = {'normalize': 0, 'lookup': 0}
+  real_normalize, real_lookup = normalize_lib.normalize, table.lookup
+
+  def normalize(text):
+    calls['normalize'] += 1
+    return real_normalize(text)
+
+  def lookup(words):
+    calls['lookup'] += 1
+    return real_lookup(words)
+
+  monkeypatch.setattr(normalize_lib, 'normalize', normalize)
+  monkeypatch.setattr(table, 'lookup', lookup)
+  got = s.search_batch(texts, K)
+  assert [[r.product_id for r in a.results] for a in got] == want
+  assert [a.path for a in got] == ['table', 'online', 'online']
+  assert calls == {'normalize': len(texts), 'lookup': len(texts)}
+  calls.update(normalize=0, lookup=0)
+  s.search(texts[1], K)
+  assert calls == {'normalize': 1, 'lookup': 1}
+
+
 def test_concurrent_queries_are_batched_and_unchanged(parts):
   enc, ref = parts['enc'], parts['ref']
   texts = [f'{w} dress' for w in ('red', 'blue', 'green', 'aurora', 'bolt', 'new', 'soft', 'x')]

@@ -75,8 +75,11 @@ class BatchingQueryEncoder:
 
   # --- Direct encoding (the batch CLI, warm-up) ----------------------------------------
 
-  def encode_now(self, texts: Sequence[str]) -> np.ndarray:
-    """Embeddings float32 [len(texts), d], encoded in this thread (max_batch at a time)."""
+  def encode_now(self, texts: Sequence[str | preprocess.Query]) -> np.ndarray:
+    """Embeddings float32 [len(texts), d], encoded in this thread (max_batch at a time).
+
+    Each item is a query's text or its `preprocess.Query` (whose words are used as they are).
+    """
     out = []
     for start in range(0, len(texts), self.max_batch):
       out.append(self._encode_batch(texts[start : start + self.max_batch]))
@@ -84,8 +87,12 @@ class BatchingQueryEncoder:
       return np.zeros((0, 0), np.float32)
     return np.concatenate(out)
 
-  def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-    ids, mask = self._pre.encode_batch(list(texts), self.query_len)
+  def _encode_batch(self, texts: Sequence[str | preprocess.Query]) -> np.ndarray:
+    word_lists = [
+      t.encoding_words if isinstance(t, preprocess.Query) else self._pre.encoding_words(t)
+      for t in texts
+    ]
+    ids, mask = self._pre.encode_words_batch(word_lists, self.query_len)
     longest = int(mask.sum(axis=1).max())
     bucket = next(b for b in self.buckets if b >= longest)
     size = next(s for s in self.batch_sizes if s >= len(texts))
@@ -108,8 +115,9 @@ class BatchingQueryEncoder:
 
   # --- Batched encoding across threads ------------------------------------------------
 
-  def encode(self, text: str, timeout: float | None = 30.0) -> np.ndarray:
-    """Embedding float32 [d] of one query, batched with concurrent callers."""
+  def encode(self, text: str | preprocess.Query, timeout: float | None = 30.0) -> np.ndarray:
+    """Embedding float32 [d] of one query (its text or `preprocess.Query`), batched with
+    concurrent callers."""
     if self._stop.is_set():
       raise RuntimeError('encoder is closed')
     future: concurrent.futures.Future = concurrent.futures.Future()

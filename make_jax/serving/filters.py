@@ -279,7 +279,10 @@ class RelevanceControl:
     self.inverted = InvertedIndex(columns)
     self.vocabulary = qu.AttributeVocabulary(self.inverted.value_counts(), self.inverted.consistent)
 
-  def understand(self, query: str) -> tuple[Filter, list[qu.Match]]:
-    """The filter a query's restricted terms ask for, and the matches that made it."""
-    matches = self.vocabulary.parse(query)
+  def understand(self, query: str, normalized: str | None = None) -> tuple[Filter, list[qu.Match]]:
+    """The filter a query's restricted terms ask for, and the matches that made it.
+
+    normalized: the query already normalised (`preprocess.Query.normalized`), if at hand.
+    """
+    matches = self.vocabulary.parse(query, normalized)
     return Filter.from_matches(matches), matches

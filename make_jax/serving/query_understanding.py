@@ -89,7 +89,12 @@ def singular(word: str) -> str:
 
 def words_of(text: str) -> list[str]:
   """Normalised words of `text` for attribute matching (split on non-alphanumerics)."""
-  text = _APOSTROPHE_S.sub('s', normalize_lib.normalize(text))
+  return words_of_normalized(normalize_lib.normalize(text))
+
+
+def words_of_normalized(normalized: str) -> list[str]:
+  """`words_of` for text already normalised (`normalize.normalize`)."""
+  text = _APOSTROPHE_S.sub('s', normalized)
   out = []
   for word in segment_lib.segment(text):
     out += [w for w in _SPLIT.split(word) if w]
@@ -166,9 +171,12 @@ class AttributeVocabulary:
     """(field, value) pairs whose key equals the key of `phrase` (for inspection)."""
     return list(self._keys.get(key_of(words_of(phrase)), ()))
 
-  def parse(self, query: str) -> list[Match]:
-    """The restricted values `query` names, in query order (see the module docstring)."""
-    words = words_of(query)
+  def parse(self, query: str, normalized: str | None = None) -> list[Match]:
+    """The restricted values `query` names, in query order (see the module docstring).
+
+    normalized: `normalize.normalize(query)` where the caller has it already.
+    """
+    words = words_of(query) if normalized is None else words_of_normalized(normalized)
     matches: list[Match] = []
     taken: list[tuple[str, str]] = []
     i = 0

@@ -1,7 +1,10 @@
 """`Searcher`: query text -> top-k products, by the offline table or online (SPEC 7.3-7.5).
 
-The path of one query:
+The path of one query (its text is normalised, segmented and checked against the
+vocabulary once, by `TextPreprocessor.query`; every stage below reads that `Query`):
 
+0. No word of the query is known to the model: answered as such (path 'none'), with no
+   product.
 1. Query understanding (`filters.RelevanceControl`): the restricted attribute values the
    query names become a `Filter` (empty when it names none).
 2. Table path: the query's words (`TextPreprocessor.words`; the offline job keyed each
@@ -41,16 +44,17 @@ PATH_ONLINE = 'online'
 # returned (an embedding of [UNK]s would rank arbitrary products with confidence).
 PATH_NONE = 'none'
 NO_KNOWN_WORDS = 'no_known_words'
+_NOT_LOOKED_UP = object()  # `_search`'s `hit` when the table has not been asked yet.
 
 
 class QueryEncoder(Protocol):
   """What the online path needs of an encoder (`BatchingQueryEncoder` is one)."""
 
-  def encode(self, text: str) -> np.ndarray:
+  def encode(self, query: preprocess.Query) -> np.ndarray:
     """L2-normalised embedding float32 [d] of one query."""
     ...
 
-  def encode_now(self, texts: Sequence[str]) -> np.ndarray:
+  def encode_now(self, queries: Sequence[preprocess.Query]) -> np.ndarray:
     """Embeddings float32 [B, d] of many queries (batch jobs)."""
     ...
 
@@ -138,7 +142,7 @@ class Searcher:
     relevance_mode: `filters.MODES`; None: the Searcher's.
     """
     mode = self.relevance_mode if relevance_mode is None else relevance_mode
-    return self._search(query, k, None, use_filters, mode)
+    return self._search(self.preprocessor.query(query), k, use_filters, mode)
 
   def search_batch(
     self,
@@ -150,23 +154,25 @@ class Searcher:
   ) -> list[Answer]:
     """Answers of many queries; the online ones are encoded together (batch jobs)."""
     mode = filters.check_mode(self.relevance_mode if relevance_mode is None else relevance_mode)
-    misses = [
-      i
-      for i, q in enumerate(queries)
-      if self.preprocessor.known_words(q) and self._table_rows(q, k) is None
-    ]
+    prepared = [self.preprocessor.query(q) for q in queries]
+    hits = [self._table_rows(q) if q.known_words else None for q in prepared]
+    misses = [i for i, q in enumerate(prepared) if q.known_words and hits[i] is None]
     emb = {}
     if misses and self.encoder is not None:
-      encoded = self.encoder.encode_now([queries[i] for i in misses])
+      encoded = self.encoder.encode_now([prepared[i] for i in misses])
       emb = dict(zip(misses, encoded, strict=True))
-    return [self._search(q, k, emb.get(i), use_filters, mode) for i, q in enumerate(queries)]
+    return [
+      self._search(q, k, use_filters, mode, hit=hits[i], embedding=emb.get(i))
+      for i, q in enumerate(prepared)
+    ]
 
   # --- Paths -----------------------------------------------------------------------------
 
-  def _table_rows(self, query: str, k: int):
+  def _table_rows(self, query: preprocess.Query) -> tuple[np.ndarray, np.ndarray] | None:
+    """The table's (rows, scores) of the query's words, or None (a miss)."""
     if self.table is None:
       return None
-    hit = self.table.lookup(self.preprocessor.words(query))
+    hit = self.table.lookup(query.words)
     if hit is None:
       return None
     ids, scores = hit
@@ -175,20 +181,33 @@ class Searcher:
     return rows[known], np.asarray(scores, np.float32)[known]
 
   def _search(
-    self, query: str, k: int, embedding: np.ndarray | None, use_filters: bool, mode: str
+    self,
+    query: preprocess.Query,
+    k: int,
+    use_filters: bool,
+    mode: str,
+    *,
+    hit: tuple[np.ndarray, np.ndarray] | None | object = _NOT_LOOKED_UP,
+    embedding: np.ndarray | None = None,
   ) -> Answer:
+    """One query's answer; `hit` and `embedding` when a batch has looked it up already."""
     if k < 1:
       raise ValueError(f'k must be >= 1; got {k}')
     filters.check_mode(mode)
     t0 = time.perf_counter()
     latency = {}
-    filt, matches = self.relevance.understand(query) if use_filters else (filters.Filter(), [])
+    filt, matches = (
+      self.relevance.understand(query.text, query.normalized)
+      if use_filters
+      else (filters.Filter(), [])
+    )
     t1 = time.perf_counter()
     latency['understand'] = t1 - t0
-    if not self.preprocessor.known_words(query):
-      return self._no_known_words(query, k, mode, filt, matches, latency, t0)
+    if not query.known_words:
+      return self._no_known_words(query.text, k, mode, filt, matches, latency, t0)
     found, path, reason = None, PATH_ONLINE, 'table_miss'
-    hit = self._table_rows(query, k)
+    if hit is _NOT_LOOKED_UP:
+      hit = self._table_rows(query)
     t2 = time.perf_counter()
     latency['table'] = t2 - t1
     if hit is not None:
@@ -200,7 +219,7 @@ class Searcher:
     if found is None:
       if embedding is None:
         if self.encoder is None:
-          raise LookupError(f'{query!r} is not in the table and no online encoder is set')
+          raise LookupError(f'{query.text!r} is not in the table and no online encoder is set')
         embedding = self.encoder.encode(query)
       t3 = time.perf_counter()
       latency['encode'] = t3 - t2
@@ -208,7 +227,7 @@ class Searcher:
       latency['search'] = time.perf_counter() - t3
     latency['total'] = time.perf_counter() - t0
     return Answer(
-      query=query,
+      query=query.text,
       k=k,
       path=path,
       fallback_reason=reason,

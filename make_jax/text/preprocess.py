@@ -29,6 +29,7 @@ such a word, in the query and in the title, is flagged 1 in `*_keyword`; special
 padding are 0.
 """
 
+import dataclasses
 import os
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,18 @@ Text = str | bytes
 # The longest query (in characters) that any entry point accepts: the server's `q`, a line
 # of `tools.search`, a query-log line of the offline table.
 MAX_QUERY_CHARS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One query's text as search uses it, computed once (`TextPreprocessor.query`): the
+  relevance control, the table lookup and the online encoder all read from it."""
+
+  text: str  # As given.
+  normalized: str  # `normalize.normalize(text)`.
+  words: tuple[str, ...]  # `words(text)`: the table's key (sorted unless sort_words=False).
+  encoding_words: tuple[str, ...]  # `encoding_words(text)`: what the query encoder tokenises.
+  known_words: tuple[str, ...]  # `known_words(text)`: () means no word the model knows.
 
 
 class TextPreprocessor:
@@ -190,15 +203,34 @@ class TextPreprocessor:
 
   def words(self, text: Text) -> list[str]:
     """Normalised, segmented words of `text`, sorted (unless `sort_words=False`)."""
-    words = self._segmenter.segment(normalize_lib.normalize(text))
-    return sorted(words) if self._sort_words else words
+    return self._words_of_normalized(normalize_lib.normalize(text))
 
   def encoding_words(self, text: Text) -> list[str]:
     """What `encode` tokenises: `words(text)`, with `keep_punctuation` the punctuation
     marks between words interleaved in reading order (each mark one word)."""
+    normalized = normalize_lib.normalize(text)
     if not self._keep_punctuation:
-      return self.words(text)
-    text = normalize_lib.normalize(text)
+      return self._words_of_normalized(normalized)
+    return self._punctuated_words_of_normalized(normalized)
+
+  def known_words(self, text: Text) -> list[str]:
+    """The words of `text` (`words`) that the vocabulary knows: at least one of a word's
+    WordPiece pieces is not [UNK]. [] means the model can only guess (emoji, another
+    script than the vocabulary's, punctuation alone)."""
+    return self._known(self.words(text))
+
+  def query(self, text: str) -> 'Query':
+    """Everything search needs of one query's text, each step run once (`Query`)."""
+    normalized = normalize_lib.normalize(text)
+    words = self._words_of_normalized(normalized)
+    encoding = self._punctuated_words_of_normalized(normalized) if self._keep_punctuation else words
+    return Query(text, normalized, tuple(words), tuple(encoding), tuple(self._known(words)))
+
+  def _words_of_normalized(self, normalized: str) -> list[str]:
+    words = self._segmenter.segment(normalized)
+    return sorted(words) if self._sort_words else words
+
+  def _punctuated_words_of_normalized(self, text: str) -> list[str]:
     words, start = [], 0
     for i, ch in enumerate(text):
       if _is_punctuation(ch):
@@ -208,12 +240,8 @@ class TextPreprocessor:
     words.extend(self._segmenter.segment(text[start:]))
     return sorted(words) if self._sort_words else words
 
-  def known_words(self, text: Text) -> list[str]:
-    """The words of `text` (`words`) that the vocabulary knows: at least one of a word's
-    WordPiece pieces is not [UNK]. [] means the model can only guess (emoji, another
-    script than the vocabulary's, punctuation alone)."""
-    words = self.words(text)
-    ids, word_index = self._tokenizer.tokenize_words_batch([words])[0]
+  def _known(self, words: Sequence[str]) -> list[str]:
+    ids, word_index = self._tokenizer.tokenize_words_batch([list(words)])[0]
     known = {w for piece, w in zip(ids, word_index, strict=True) if piece != self.unk_id}
     return [word for i, word in enumerate(words) if i in known]
 
