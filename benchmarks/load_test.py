@@ -101,9 +101,9 @@ def _serve(config, num_products, table_queries, online_queries, table_k, enc_kwa
   start = time.perf_counter()
   workdir = enc_kwargs.pop('workdir', '')
   if workdir:
-    from make_jax.train import checkpoint
+    from make_jax import rundir
 
-    params, step = checkpoint.latest_params(workdir, service.load_config(workdir))
+    params, step = rundir.latest_params(workdir)
     searcher = service.searcher_from_workdir(workdir, params=params, step=step, **enc_kwargs)
     built = time.perf_counter() - start
     if searcher.table is None:

@@ -15,7 +15,7 @@ What it does, end to end:
   5. serves the trained model the way `tools.serve --workdir` does (`serve`): exports the
      catalogue's embeddings (Beam, in-process), builds the ScaNN index, writes the training
      queries as a query log and builds the query table from it, all in the workdir's fixed
-     layout (`serving.service.WorkdirLayout`); then runs example searches through the
+     layout (`rundir.RunDir`); then runs example searches through the
      served `Searcher` (a logged query from the table, an unlogged one online, one with a
      filter) and prints the command that starts the server. Artefacts already built for
      the same checkpoint and model are reused.
@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 from make_jax.datasets import loading
 from make_jax.export import embed, model_handler, query_table
 from make_jax.export import index as export_index
@@ -39,7 +39,7 @@ from make_jax.input import reading
 from make_jax.serving import search, service
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
-from make_jax.train import checkpoint, inputs, loop
+from make_jax.train import inputs, loop
 
 
 def _text(value: Any) -> str:
@@ -214,9 +214,9 @@ def serve(config: ml_collections.ConfigDict, workdir: pathlib.Path, builder: Any
 
   Returns {'seconds': per stage, 'answers': label -> `search.Answer`, 'command': str}.
   """
-  lay = service.WorkdirLayout(pathlib.Path(workdir))
+  lay = rundir.RunDir(pathlib.Path(workdir))
   vocab = str(lay.vocab)
-  params, step = checkpoint.latest_params(workdir, config)
+  params, step = rundir.latest_params(workdir)
   fingerprint = manifest_lib.config_fingerprint(config, vocab_lib.load_vocab_file(vocab))
   loader = model_handler.make_loader(config, str(workdir))
   seconds = {}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from make_jax import rundir
 from make_jax.train import checkpoint, loop
 from tests import trainer_testlib
 
@@ -106,7 +107,7 @@ def test_no_intact_checkpoint_is_one_line_naming_each(tmp_path):
   for step in (1, 2, 3):
     _truncate(_largest_data_file(tmp_path / 'checkpoints' / str(step)))
   ckpt = checkpoint.Checkpointer(tmp_path, keep=5)
-  with pytest.raises(checkpoint.CheckpointError) as e:
+  with pytest.raises(rundir.CheckpointError) as e:
     ckpt.restore_newest_intact(_target(), log=lambda m: None)
   message = str(e.value)
   assert '\n' not in message and 'no intact checkpoint' in message
@@ -119,8 +120,8 @@ def test_an_unrecorded_checkpoint_that_orbax_cannot_read_is_skipped(tmp_path):
   when orbax fails on it."""
   _save_three(tmp_path)
   step_dir = tmp_path / 'checkpoints' / '3'
-  (step_dir / checkpoint.INTEGRITY).unlink()
-  assert checkpoint.check_integrity(step_dir) is None
+  (step_dir / rundir.INTEGRITY).unlink()
+  assert rundir.check_integrity(step_dir) is None
   shutil.rmtree(step_dir / 'state' / 'ocdbt.process_0')
   messages = []
   ckpt = checkpoint.Checkpointer(tmp_path, keep=5)
@@ -143,9 +144,9 @@ def test_resume_and_export_skip_a_damaged_checkpoint(tmp_path_factory, tmp_path)
   run = tmp_path / 'run'
   shutil.copytree(reference, run)
   _flip(_largest_data_file(run / 'checkpoints' / '6'))
-  params, step = checkpoint.latest_params(run, config)
+  params, step = rundir.latest_params(run)
   assert step == 4
-  ref_params, _ = checkpoint.latest_params(reference / 'checkpoints' / '4', config)
+  ref_params, _ = rundir.latest_params(reference / 'checkpoints' / '4')
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
     np.testing.assert_array_equal(a, b)
   got = loop.train_and_evaluate(config, run, stop_at=6)['history']
@@ -161,7 +162,7 @@ def test_resume_and_export_skip_a_damaged_checkpoint(tmp_path_factory, tmp_path)
   stamp = os.stat(run / 'config.json').st_mtime_ns
   changed = trainer_testlib.tiny_config(*prepared)
   changed.train.num_steps = 77
-  with pytest.raises(checkpoint.CheckpointError, match='no intact checkpoint'):
+  with pytest.raises(rundir.CheckpointError, match='no intact checkpoint'):
     loop.train_and_evaluate(changed, run, stop_at=8)
   assert (run / 'config.json').read_bytes() == before
   assert os.stat(run / 'config.json').st_mtime_ns == stamp

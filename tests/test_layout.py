@@ -2,7 +2,7 @@
 
 Layers, lowest first; a module may import its own room and any room below it:
 
-  parallel, atomic_file < text < datasets < input < models < losses < retrieval < train
+  parallel, atomic_file, rundir < text < datasets < input < models < losses < retrieval < train
   < export < serving < evaluation < quickstart
 
 and serving never imports train (what is served must not depend on how it was trained).
@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'make_jax'
 
 LAYERS = [
-  ('parallel', 'atomic_file'),
+  ('parallel', 'atomic_file', 'rundir'),
   ('text',),
   ('datasets',),
   ('input',),

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from make_jax import quickstart
+from make_jax import quickstart, rundir
 from make_jax.datasets import loading
 from make_jax.export import embed, query_table
 from make_jax.models import make_model
 from make_jax.serving import service
-from make_jax.train import checkpoint, optimizer
+from make_jax.train import optimizer
 from make_jax.train import step as train_step
 from tests import trainer_testlib
 
@@ -69,7 +69,7 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   assert sorted(logged) == [2, 4]
   assert logged[4]['loss'] == pytest.approx(metrics['loss'])
   assert logged[4]['recall@10'] == out['evals'][-1]['recall@10']
-  assert checkpoint.find_checkpoint(tmp_path)[1] == 4
+  assert rundir.find_checkpoint(tmp_path)[1] == 4
   assert (tmp_path / 'config.json').exists() and (tmp_path / 'domain_words.txt').exists()
 
   # Served from the workdir's export: the logged query by the table (its products in the
@@ -79,7 +79,7 @@ def test_quickstart_trains_evaluates_and_reuses_its_workdir(tmp_path, capsys):
   for stage in ('== 6. Export', '== 7. Index', '== 8. Query log', '== 9. Searches'):
     assert stage in printed, stage
   assert f'== Serve it: python -m tools.serve --workdir={tmp_path}' in printed
-  answers, lay = serving['answers'], service.WorkdirLayout(tmp_path)
+  answers, lay = serving['answers'], rundir.RunDir(tmp_path)
   logged = answers['logged']
   assert logged.path == 'table' and len(logged.results) == 5
   row = query_table.QueryTable(lay.query_table).lookup(text_words(tmp_path, logged.query))

@@ -24,7 +24,7 @@ import os
 import jax
 import pytest
 
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 from make_jax.datasets import loading
 from make_jax.evaluation import eval_set, results, served, sources
 from make_jax.export import manifest as manifest_lib
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
   config = trainer_testlib.tiny_config(data_dir, vocab)
   builder = loading.get_builder('synthetic_products', 'en_small', data_dir)
   workdir = tmp_path_factory.mktemp('served_run')
-  atomic_file.write_text(workdir / 'config.json', json.dumps(checkpoint.config_json(config)))
+  atomic_file.write_text(workdir / 'config.json', json.dumps(rundir.config_json(config)))
   text = inputs.load_text(config, builder, workdir)  # vocab.txt, domain_words.txt.
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)

@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from make_jax import rundir
 from make_jax.datasets import loading
 from make_jax.export import embed, model_handler, query_table, querylog
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
 from make_jax.models import make_model
 from make_jax.serving import filters, index, service
-from make_jax.train import checkpoint, inputs
+from make_jax.train import inputs
 
 K = 5
 EXPORTED = 300  # Catalogue records exported (of 1,000): serving takes the rows it needs.
@@ -44,8 +45,8 @@ def _workdir(root, config, text_from=None):
   else:
     for name in ('vocab.txt', 'domain_words.txt'):
       shutil.copy(text_from / name, root / name)
-  (root / 'config.json').write_text(json.dumps(checkpoint.config_json(config)), 'utf-8')
-  return service.WorkdirLayout(root)
+  (root / 'config.json').write_text(json.dumps(rundir.config_json(config)), 'utf-8')
+  return rundir.RunDir(root)
 
 
 @pytest.fixture(scope='module')
@@ -335,5 +336,5 @@ def test_a_shard_garbled_after_start_is_marked_bad_at_its_first_lookup(served, t
 def test_a_damaged_run_config_is_named(served, tmp_path):
   lay = _copy(served, tmp_path)
   (lay.root / 'config.json').write_bytes(b'{"model": {"embed_dim": 1')
-  with pytest.raises(manifest_lib.ManifestError, match=r'config\.json is damaged'):
+  with pytest.raises(rundir.ArtefactError, match=r'config\.json is damaged'):
     service.searcher_from_workdir(lay.root)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from make_jax import rundir
 from make_jax.datasets import loading
 from make_jax.models import make_model
 from make_jax.train import checkpoint, inputs, layouts, loop, optimizer
@@ -59,7 +60,7 @@ def test_a_pmap_checkpoint_restores_into_pjit_and_single(prepared, tmp_path):
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = 'pmap'
   loop.train_and_evaluate(config, tmp_path, stop_at=2)
-  saved, step = checkpoint.latest_params(tmp_path, config)
+  saved, step = rundir.latest_params(tmp_path)
   assert step == 2
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)

@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from make_jax.train import checkpoint, loop
+from make_jax import rundir
+from make_jax.train import loop
 from tests import trainer_testlib
 
 
@@ -62,7 +63,7 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path_factory, tmp_
   assert codes == [0, 0], [(tmp_path / f'log{i}.txt').read_text()[-2000:] for i in range(2)]
   got = trainer_testlib.read_metrics(workdir)
   assert sorted(got) == list(range(1, 9))
-  assert checkpoint.find_checkpoint(workdir)[1] == 8  # Written collectively by both.
+  assert rundir.find_checkpoint(workdir)[1] == 8  # Written collectively by both.
 
   config = trainer_testlib.tiny_config(*prepared)
   config.parallelism = 'pjit'

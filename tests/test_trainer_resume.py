@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from make_jax.train import checkpoint, loop
+from make_jax import rundir
+from make_jax.train import loop
 from tests import trainer_testlib
 
 TERMS = ('loss', 'qpm', 'qpc', 'mlm', 'mpm_r', 'qpm_negatives_bank', 'grad_norm')
@@ -76,7 +77,7 @@ def test_killed_and_restarted_run_equals_an_uninterrupted_one(tmp_path_factory, 
   for step in range(16, 31):
     for k in TERMS:
       assert got[step][k] == want[step][k], (step, k, got[step][k], want[step][k])
-  assert checkpoint.find_checkpoint(tmp_path / 'run')[1] == 30
+  assert rundir.find_checkpoint(tmp_path / 'run')[1] == 30
 
 
 def _run_all(tmp_path, prepared, log, started, deadline):
@@ -89,7 +90,7 @@ def _run_all(tmp_path, prepared, log, started, deadline):
   # 1. Killed right after the checkpoint of step 15 is complete.
   done_15 = lambda: (ckpts / '15' / 'commit_success.txt').exists()
   assert _kill_when(_start(run, prepared, log, started), done_15, deadline)
-  assert checkpoint.find_checkpoint(run)[1] == 15
+  assert rundir.find_checkpoint(run)[1] == 15
 
   # 2. Restarted, and killed while a later checkpoint is being written.
   def writing():
@@ -120,4 +121,4 @@ def test_a_non_finite_loss_stops_the_run_before_its_checkpoint(tmp_path_factory,
   bad = int(re.search(r'at step (\d)', str(e.value)).group(1))
   assert bad >= 2  # Step 1 starts from finite initial weights.
   # Checkpoints were written every step up to the bad one, and not of its state.
-  assert checkpoint.find_checkpoint(tmp_path)[1] == bad - 1
+  assert rundir.find_checkpoint(tmp_path)[1] == bad - 1

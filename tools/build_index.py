@@ -14,8 +14,8 @@ import pathlib
 
 from absl import app, flags
 
+from make_jax import rundir
 from make_jax.export import index as index_lib
-from make_jax.serving import service
 
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trained run whose export/ to index.')
 _EMB = flags.DEFINE_string('embeddings', '', 'Export directory (tools.export).')
@@ -31,7 +31,7 @@ _RECALL = flags.DEFINE_float('target_recall', 0.95, 'Recall@k the tuned setting 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  layout = service.WorkdirLayout(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
+  layout = rundir.RunDir(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
   emb = _EMB.value or (str(layout.products) if layout else '')
   out = _OUT.value or (str(layout.index) if layout else '')
   if not (emb and out):

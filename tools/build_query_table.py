@@ -17,8 +17,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from make_jax import rundir
 from make_jax.export import model_handler, query_table
-from make_jax.serving import service
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Model config.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trainer workdir (checkpoints, vocab.txt).')
@@ -46,8 +46,8 @@ _MAX_BAD = flags.DEFINE_float(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = service.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
-  layout = service.WorkdirLayout(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
+  config = rundir.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
+  layout = rundir.RunDir(pathlib.Path(_WORKDIR.value)) if _WORKDIR.value else None
   index = _INDEX.value or (str(layout.index) if layout else '')
   out = _OUT.value or (str(layout.query_table) if layout else '')
   if not (index and out):

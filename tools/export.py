@@ -17,8 +17,8 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from make_jax import rundir
 from make_jax.export import embed, model_handler
-from make_jax.serving import service
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Model config.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trainer workdir (checkpoints, vocab.txt).')
@@ -48,12 +48,12 @@ _MAX_BAD = flags.DEFINE_float(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = service.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
+  config = rundir.run_config(_WORKDIR.value, _CONFIG.value, flags.FLAGS['config'].present)
   out = _OUT.value
   if not out:
     if _QUERIES.value or not _WORKDIR.value:
       raise app.UsageError('--out is required (it defaults only for a --workdir catalogue export)')
-    out = str(service.WorkdirLayout(pathlib.Path(_WORKDIR.value)).products)
+    out = str(rundir.RunDir(pathlib.Path(_WORKDIR.value)).products)
   vocab, loader = model_handler.model_source(
     config,
     workdir=_WORKDIR.value,

@@ -25,6 +25,7 @@ import uvicorn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from make_jax import rundir
 from make_jax.serving import filters, server, service
 from make_jax.serving import params as params_lib
 
@@ -55,12 +56,7 @@ _VERIFY = flags.DEFINE_bool(
 
 
 def _from_workdir(workdir: str, **kwargs):
-  config = service.load_config(workdir)
-  try:
-    from make_jax.train import checkpoint
-  except ImportError as e:
-    raise app.UsageError(f'--workdir needs the trainer checkpoint reader: {e}') from e
-  params, step = checkpoint.latest_params(workdir, config)
+  params, step = rundir.latest_params(workdir)
   logging.info('serving %s at step %d', workdir, step)
   start = time.perf_counter()
   verify = 'checksums' if _VERIFY.value else 'sizes'
@@ -89,15 +85,7 @@ def searcher_from_flags():
 def searcher_or_exit(tool: str):
   """`searcher_from_flags()`, or exit with one line naming a missing or damaged artefact
   (file and rebuild command) instead of a traceback."""
-  from make_jax.export.manifest import ManifestError
-
-  damaged: tuple[type[Exception], ...] = (ManifestError, FileNotFoundError)
-  try:
-    from make_jax.train.checkpoint import CheckpointError
-
-    damaged += (CheckpointError,)
-  except ImportError:  # Serving without the trainer's checkpoint reader (--demo).
-    pass
+  damaged = (rundir.ArtefactError, FileNotFoundError)
   try:
     return searcher_from_flags()
   except damaged as e:

@@ -58,7 +58,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 from make_jax.evaluation import baselines, evaluate, served, sources
 from make_jax.evaluation.eval_set import EvalSet
 from make_jax.evaluation.rows import (  # noqa: F401  (the driver's names for its rows)
@@ -92,12 +92,11 @@ def rank_trained(
   from make_jax.models import make_model
   from make_jax.retrieval import evaluator as evaluator_lib
   from make_jax.text.preprocess import TextPreprocessor
-  from make_jax.train import checkpoint
 
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   words = (workdir / 'domain_words.txt').read_text(encoding='utf-8').splitlines()
   text = TextPreprocessor.from_config(config.text, workdir / 'vocab.txt', [w for w in words if w])
-  params, step = checkpoint.latest_params(workdir, config)
+  params, step = rundir.latest_params(workdir)
   # Rows trained on the same data learn the same vocabulary: they share the catalogue.
   key = hashlib.sha256(
     json.dumps(

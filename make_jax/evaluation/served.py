@@ -12,7 +12,7 @@ may be shorter). Nothing here searches or filters by itself.
 
 What is written where: the run's own serving layout (`<workdir>/export/`, which
 `tools.export`, `tools.build_index` and `tools.serve --workdir` use) is never touched.
-Each catalogue gets a served view of the run, a directory in `WorkdirLayout`'s layout:
+Each catalogue gets a served view of the run, a directory in `rundir.RunDir`'s layout:
 
   <workdir>/served/<builder_config>/
     config.json                the run's config, with data.builder_config / data.data_dir
@@ -41,9 +41,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
-
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 from make_jax.export import embed, querylog
 from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
@@ -68,10 +66,8 @@ def _params_at(config_json: str, step_dir: str) -> tuple[Any, int]:
   the searcher read the same checkpoint: restoring it once saves ~4 s of model tracing and
   reading per call at tiny scale. One model's params stay in memory until another is read.
   """
-  from make_jax.train import checkpoint  # Reads checkpoints (evaluation > train).
-
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  return checkpoint.latest_params(step_dir, config)
+  del config_json  # Part of the cache key: another model's run reads again.
+  return rundir.latest_params(step_dir)
 
 
 def _is_current(directory: pathlib.Path, kind: str, step: int, fingerprint: str, source) -> bool:
@@ -89,7 +85,7 @@ def _is_current(directory: pathlib.Path, kind: str, step: int, fingerprint: str,
 
 def prepare_view(
   workdir: str | os.PathLike, builder: Any, *, batch_size: int = 64
-) -> tuple[service.WorkdirLayout, Any, int]:
+) -> tuple[rundir.RunDir, Any, int]:
   """Writes (or reuses) the served view of `workdir` for `builder`'s catalogue.
 
   Args:
@@ -98,25 +94,23 @@ def prepare_view(
     batch_size: the export's encoder batch.
 
   Returns:
-    (view's WorkdirLayout, params, step) of the newest checkpoint.
+    (view's RunDir, params, step) of the newest checkpoint.
 
   Raises:
     ValueError: the builder is of another dataset than the run's.
     FileNotFoundError: no checkpoint, config or vocabulary in `workdir`.
   """
-  from make_jax.train import checkpoint  # Finds the newest checkpoint (evaluation > train).
-
-  run = service.WorkdirLayout(pathlib.Path(workdir))
-  config = service.load_config(run.root)
+  run = rundir.RunDir(pathlib.Path(workdir))
+  config = rundir.load_config(run.root)
   if builder.name != config.data.name:
     raise ValueError(f'{run.root} trained on {config.data.name}, not on {builder.name}')
-  step_dir, _ = checkpoint.find_checkpoint(run.root)
+  step_dir, _ = rundir.find_checkpoint(run.root)
   loader = functools.partial(_params_at, config.to_json_best_effort(), str(step_dir))
   params, step = loader()
   config.data.builder_config = builder.builder_config.name
   config.data.data_dir = os.fspath(builder.data_dir_root)
 
-  lay = service.WorkdirLayout(view_dir(run.root, config.data.builder_config))
+  lay = rundir.RunDir(view_dir(run.root, config.data.builder_config))
   lay.root.mkdir(parents=True, exist_ok=True)
   for name in (run.vocab.name, querylog.DOMAIN_WORDS_FILE):
     if (run.root / name).is_file():

@@ -25,14 +25,14 @@ from typing import Any
 
 import ml_collections
 
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 
 MANIFEST = 'manifest.json'
 FORMAT_VERSION = 1
 VERIFY_MODES = ('none', 'sizes', 'checksums')
 
 
-class ManifestError(ValueError):
+class ManifestError(rundir.ArtefactError):
   """An artefact is missing, incomplete or does not match the model that would use it."""
 
 

@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from make_jax import rundir
 from make_jax.models import make_model
 
 ParamsLoader = Callable[[], tuple[Any, int | None]]
@@ -50,9 +51,8 @@ def _random_params(config_json: str, seed: int) -> Any:
 
 def checkpoint_params(config: ml_collections.ConfigDict, path: str) -> tuple[Any, int | None]:
   """The params and step of the newest checkpoint under `path` (a workdir or checkpoint dir)."""
-  from make_jax.train import checkpoint  # The trainer's module; imported only when used.
-
-  return checkpoint.latest_params(path, config)
+  del config  # The checkpoint's own metadata gives the params' shapes.
+  return rundir.latest_params(path)
 
 
 def make_loader(

@@ -6,7 +6,7 @@ into relevance control, filtered search and the batching encoder. Two sources fe
 * a training workdir (`tools/serve.py --workdir`, `searcher_from_workdir`): `config.json`,
   `vocab.txt` and `domain_words.txt` (the run's text), the parameters (read by the tool
   through the trainer's checkpoint reader: serving never imports train) and the offline
-  artefacts in the fixed layout of `WorkdirLayout`, each checked against the run's config
+  artefacts in the fixed layout of `rundir.RunDir`, each checked against the run's config
   fingerprint (an artefact of another model is refused with the command that rebuilds it).
 * `demo_searcher`: the catalogue of the config's dataset (the real fashion zip or the
   synthetic one), a randomly initialised model and product embeddings computed here by
@@ -14,8 +14,6 @@ into relevance control, filtered search and the batching encoder. Two sources fe
   every piece of the serving path runs as it will with a trained one.
 """
 
-import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -26,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from make_jax import rundir
 from make_jax.datasets import fashion_products as fashion_builder
 from make_jax.datasets import synthetic, synthetic_products
 from make_jax.export import embed, query_table, querylog
@@ -41,57 +40,6 @@ from make_jax.text import preprocess
 from make_jax.text import vocab as vocab_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkdirLayout:
-  """Where a served run's files are: what the tools write and serving reads."""
-
-  root: pathlib.Path
-
-  @property
-  def config(self) -> pathlib.Path:
-    return self.root / 'config.json'
-
-  @property
-  def vocab(self) -> pathlib.Path:
-    """The run's vocabulary (the trainer copies it here; `domain_words.txt` is beside it)."""
-    return self.root / 'vocab.txt'
-
-  @property
-  def products(self) -> pathlib.Path:
-    """`tools.export` output: product embedding shards + manifest."""
-    return self.root / 'export' / 'products'
-
-  @property
-  def index(self) -> pathlib.Path:
-    """`tools.build_index` output: the ScaNN index (product ids as docids) + manifest."""
-    return self.root / 'export' / 'index'
-
-  @property
-  def query_table(self) -> pathlib.Path:
-    """`tools.build_query_table` output: the offline top-K table of the query log."""
-    return self.root / 'export' / 'query_table'
-
-  @property
-  def query_log(self) -> pathlib.Path:
-    """The query log the table is built from (`query<TAB>count` lines; quickstart's)."""
-    return self.root / 'query_log.tsv'
-
-  def export_command(self) -> str:
-    return (
-      f"python -m tools.export --config=<the run's config> --workdir={self.root} "
-      f'--out={self.products}'
-    )
-
-  def index_command(self) -> str:
-    return f'python -m tools.build_index --embeddings={self.products} --out={self.index}'
-
-  def table_command(self) -> str:
-    return (
-      f"python -m tools.build_query_table --config=<the run's config> --workdir={self.root} "
-      f'--index={self.index} --queries=<query log> --out={self.query_table}'
-    )
-
-
 def catalogue_for_config(
   config: ml_collections.ConfigDict, limit: int | None = None
 ) -> catalogue_lib.Catalogue:
@@ -104,35 +52,6 @@ def catalogue_for_config(
     cat = catalogue_lib.Catalogue.from_synthetic(synthetic.generate(spec))
     return cat if limit is None else cat.take(np.arange(min(limit, len(cat))))
   raise ValueError(f'no catalogue reader for dataset {config.data.name!r}')
-
-
-def run_config(
-  workdir: str | os.PathLike, flag_config: ml_collections.ConfigDict, given: bool
-) -> ml_collections.ConfigDict:
-  """The config a tool acting on a run uses: `--config` if `given`, else the run's own.
-
-  A workdir with `config.json` and no explicit `--config` means the run's config (so an
-  export or table is made with the model that was trained); otherwise `flag_config`.
-  """
-  if not given and workdir and (pathlib.Path(workdir) / 'config.json').exists():
-    return load_config(workdir)
-  return flag_config
-
-
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The run's config from `<workdir>/config.json`."""
-  path = pathlib.Path(workdir) / 'config.json'
-  if not path.exists():
-    raise FileNotFoundError(
-      f'{path} not found: a served workdir holds config.json, vocab.txt, checkpoints/ and export/'
-    )
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text('utf-8')))
-  except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
-    raise manifest_lib.ManifestError(
-      f'{path} is damaged ({type(e).__name__}): it is written by python -m tools.train at the '
-      'start of a run; restore it from the run (its checkpoints hold a copy under config/)'
-    ) from None
 
 
 def _require(directory: pathlib.Path, what: str, command: str) -> None:
@@ -150,7 +69,7 @@ def searcher_from_workdir(
   verify: str = 'sizes',
   **kwargs: Any,
 ) -> search.Searcher:
-  """The Searcher of a trained workdir's export (layout: `WorkdirLayout`).
+  """The Searcher of a trained workdir's export (layout: `rundir.RunDir`).
 
   Reads the product embeddings and modal weights (`embed.read_embeddings`), the ScaNN
   index (`export.index.load`) and, when built, the query table; the catalogue rows are
@@ -160,7 +79,7 @@ def searcher_from_workdir(
 
   Args:
     workdir: the training workdir.
-    params: the model's params (`train.checkpoint.latest_params`); None serves table hits
+    params: the model's params (`rundir.latest_params`); None serves table hits
       only.
     step: the checkpoint step of `params` (None: not checked).
     verify: how the artefacts' files are checked against their manifests ('sizes', or
@@ -174,8 +93,8 @@ def searcher_from_workdir(
       message names the command that rebuilds it.
     ValueError: an exported product is not in the config's catalogue.
   """
-  lay = WorkdirLayout(pathlib.Path(workdir))
-  config = load_config(lay.root)
+  lay = rundir.RunDir(pathlib.Path(workdir))
+  config = rundir.load_config(lay.root)
   if not lay.vocab.is_file():
     raise FileNotFoundError(f"{lay.vocab} not found: the run's vocabulary is needed to serve")
   pre = querylog.text_preprocessor(config, str(lay.vocab))

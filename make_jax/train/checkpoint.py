@@ -12,12 +12,13 @@ One checkpoint `<workdir>/checkpoints/<step>/` holds three items:
   input   {'shards': [pipeline.get_state() of every input shard, in shard order]};
   config  the run's config as JSON (for reading a checkpoint without its workdir).
 
-`latest_params(path, config)` is the export side's way in: the params of the newest (or a
-given) checkpoint, as unsharded arrays on one device.
+Reading a run's checkpoints without the trainer (export, serving, evaluation) is
+`rundir.latest_params(path)`: the params of the newest intact checkpoint, on one device.
 
 Damage on disk (a truncated or overwritten file, a deleted one): once a save is complete,
-`<step>/integrity.json` records the size and SHA-256 of every file of that step. A restore
-(training's resume, `latest_params` for export and serving) checks them and tries the
+`<step>/integrity.json` records the size and SHA-256 of every file of that step
+(`rundir.write_integrity`). A restore (training's resume here, `rundir.latest_params`
+for export and serving) checks them and tries the
 newest checkpoint first, then each older one: a damaged checkpoint is reported by step and
 file and skipped (the trainer moves it aside to `<step>.damaged`, so the resumed run can
 write that step again); with no intact checkpoint left the error says so in one line. A
@@ -25,8 +26,6 @@ checkpoint without the record (its writer died before writing it) is read as it 
 skipped if orbax cannot read it.
 """
 
-import hashlib
-import json
 import os
 import pathlib
 import shutil
@@ -39,87 +38,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import SingleDeviceSharding
 
+from make_jax import rundir
 from make_jax.models import bert_import
 from make_jax.parallel import mesh as mesh_lib
-
-CHECKPOINTS = 'checkpoints'
-INTEGRITY = 'integrity.json'
-
-
-class CheckpointError(ValueError):
-  """No intact checkpoint where one was expected (the message is one line)."""
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with path.open('rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _step_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(
-    p
-    for p in step_dir.rglob('*')
-    if p.is_file() and p.relative_to(step_dir).as_posix() != INTEGRITY
-  )
-
-
-def write_integrity(step_dir: str | os.PathLike) -> None:
-  """Records size and SHA-256 of every file of a complete checkpoint (atomically)."""
-  from make_jax import atomic_file
-
-  step_dir = pathlib.Path(step_dir)
-  files = {
-    p.relative_to(step_dir).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
-    for p in _step_files(step_dir)
-  }
-  atomic_file.write_text(step_dir / INTEGRITY, json.dumps({'files': files}, indent=1))
-
-
-def check_integrity(step_dir: str | os.PathLike) -> str | None:
-  """Why the checkpoint in `step_dir` is damaged ('<file>: <what>'), or None: intact by its
-  record, or written without one (nothing to check against)."""
-  step_dir = pathlib.Path(step_dir)
-  record = step_dir / INTEGRITY
-  if not record.is_file():
-    return None
-  try:
-    files = json.loads(record.read_text())['files']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    return f'{record}: unreadable integrity record ({type(e).__name__})'
-  for name, want in files.items():
-    path = step_dir / name
-    if not path.is_file():
-      return f'{path}: missing'
-    size = path.stat().st_size
-    if size != want['size']:
-      return f'{path}: {size} bytes, {want["size"]} written'
-    if _sha256(path) != want['sha256']:
-      return f'{path}: contents changed since written (SHA-256 mismatch)'
-  return None
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
-
-
-def _steps_dir(path: pathlib.Path) -> pathlib.Path:
-  return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-
-
-def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as a JSON-compatible dict."""
-  return json.loads(config.to_json_best_effort())
 
 
 class Checkpointer:
   """Saves and restores the checkpoints of one workdir (every process calls every method)."""
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
+    self.directory = pathlib.Path(workdir).absolute() / rundir.CHECKPOINTS
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -138,8 +66,8 @@ class Checkpointer:
       return
     for step in self.manager.all_steps():
       step_dir = self.directory / str(step)
-      if step_dir.is_dir() and not (step_dir / INTEGRITY).exists():
-        write_integrity(step_dir)
+      if step_dir.is_dir() and not (step_dir / rundir.INTEGRITY).exists():
+        rundir.write_integrity(step_dir)
 
   def save(
     self,
@@ -158,7 +86,7 @@ class Checkpointer:
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(canonical_state),
         input=ocp.args.JsonSave({'shards': input_shards}),
-        config=ocp.args.JsonSave(config_json(config)),
+        config=ocp.args.JsonSave(rundir.config_json(config)),
       ),
       force=True,
     )
@@ -188,18 +116,18 @@ class Checkpointer:
     damaged = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       step_dir = self.directory / str(step)
-      why = check_integrity(step_dir)
+      why = rundir.check_integrity(step_dir)
       if why is None:
         try:
           state, shards = self.restore(step, target)
           break
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
-          why = f'{step_dir}: {_one_line(e)}'
+          why = f'{step_dir}: {rundir.one_line(e)}'
       damaged.append((step, why))
       log(f'checkpoint step {step} is damaged ({why}); trying the previous one')
     else:
       if damaged:
-        raise CheckpointError(
+        raise rundir.CheckpointError(
           f'no intact checkpoint in {self.directory}: '
           + '; '.join(f'step {s}: {w}' for s, w in damaged)
         )
@@ -226,39 +154,6 @@ class Checkpointer:
     self.manager.close()
 
 
-def _step_dirs(path: pathlib.Path) -> list[tuple[pathlib.Path, int]]:
-  """(step directory, step) of every complete checkpoint under `path`, newest first."""
-  if (path / 'state').is_dir() and path.name.isdigit():
-    return [(path, int(path.name))]
-  steps_dir = _steps_dir(path)
-  if not steps_dir.is_dir():
-    return []
-  manager = ocp.CheckpointManager(
-    steps_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
-  )
-  steps = sorted(manager.all_steps(), reverse=True)
-  manager.close()
-  return [(steps_dir / str(step), int(step)) for step in steps]
-
-
-def find_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
-  """(step directory, step) of the newest complete checkpoint under `path`.
-
-  `path` is a workdir, its `checkpoints/` directory, or one step's directory.
-
-  Raises:
-    FileNotFoundError: no complete checkpoint there.
-  """
-  path = pathlib.Path(path).absolute()
-  found = _step_dirs(path)
-  if found:
-    return found[0]
-  raise FileNotFoundError(
-    f'No complete checkpoint under {path} (looked for {CHECKPOINTS}/<step>/state written by '
-    'python -m tools.train)'
-  )
-
-
 def _abstract_params(config: ml_collections.ConfigDict) -> Any:
   """ShapeDtypeStructs of the canonical state of `config`, on this process's first device."""
   from make_jax.models import make_model
@@ -273,42 +168,6 @@ def _abstract_params(config: ml_collections.ConfigDict) -> Any:
   )
   one = SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), shapes)
-
-
-def latest_params(path: str | os.PathLike, config: ml_collections.ConfigDict) -> tuple[Any, int]:
-  """(params, step) of the newest checkpoint under `path` (or of a given step directory).
-
-  The params are the `params` tree of `TrainState`, unsharded, on this process's first
-  device. `config` must describe the model that wrote the checkpoint (`<workdir>/config.json`
-  holds it).
-
-  A damaged checkpoint (see the module docstring) is logged with its step and file and
-  the next older one is read.
-
-  Raises:
-    FileNotFoundError: no complete checkpoint there.
-    CheckpointError: checkpoints exist but none is intact (one line naming each).
-  """
-  path = pathlib.Path(path).absolute()
-  candidates = _step_dirs(path)
-  if not candidates:
-    find_checkpoint(path)  # Raises the FileNotFoundError.
-  target = _abstract_params(config)
-  damaged = []
-  for step_dir, step in candidates:
-    why = check_integrity(step_dir)
-    if why is None:
-      try:
-        with ocp.StandardCheckpointer() as ckptr:
-          state = ckptr.restore(step_dir / 'state', target)
-        return state.params, step
-      except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
-        why = f'{step_dir}: {_one_line(e)}'
-    damaged.append((step, why))
-    logging.warning('checkpoint step %d is damaged (%s); trying the previous one', step, why)
-  raise CheckpointError(
-    f'no intact checkpoint under {path}: ' + '; '.join(f'step {s}: {w}' for s, w in damaged)
-  )
 
 
 def init_from_dir(value: str) -> str:
@@ -338,7 +197,7 @@ def load_init_params(
   if path.is_file():
     params = bert_import.load_params(path)
   else:
-    params, _ = latest_params(path, config)
+    params, _ = rundir.latest_params(path)
   want = _abstract_params(config).params
   got_paths = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree.leaves_with_path(params)}
   for p, x in jax.tree.leaves_with_path(want):

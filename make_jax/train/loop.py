@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from make_jax import atomic_file
+from make_jax import atomic_file, rundir
 from make_jax.input import packing
 from make_jax.models import bert_import, make_model
 from make_jax.parallel import mesh as mesh_lib
@@ -160,7 +160,7 @@ def train_and_evaluate(
       logging.info('Parameters initialised from %s', init_from)
   if primary:  # Only once the restore has succeeded: a failed resume leaves the run as it was.
     atomic_file.write_text(
-      workdir / 'config.json', json.dumps(checkpoint_lib.config_json(config), indent=2)
+      workdir / 'config.json', json.dumps(rundir.config_json(config), indent=2)
     )
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.restore_target.params))
   logging.info(
