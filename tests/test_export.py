@@ -11,6 +11,7 @@ from make_jax.export import embed, model_handler
 from make_jax.export import manifest as manifest_lib
 from make_jax.input import featurize
 from make_jax.models import make_model
+from make_jax.retrieval import tower as tower_lib
 from make_jax.text import vocab as vocab_lib
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -65,7 +66,7 @@ def test_export_equals_encode_product_on_one_and_eight_devices(setup, tmp_path):
   params, _ = loader()
   want_emb, want_w = model.apply(
     {'params': params},
-    *(batch[k] for k in model_handler.TOWER_INPUTS['product']),
+    *(batch[k] for k in tower_lib.TOWER_INPUTS['product']),
     method=model.encode_product,
   )
   np.testing.assert_array_equal(ids1, batch['product_id'][order])

@@ -75,7 +75,7 @@ def _batch(examples, size):
 def _naive_recall(config, text, builder, evaluator, model, params, max_queries):
   """Featurise, group and sort every score: Recall@K the slow, obvious way.
 
-  Only the evaluator's jitted `model.apply` wrappers are reused (a compile is minutes on a
+  Only the evaluator's jitted towers (`retrieval.tower.TowerEncoder`) are reused (a compile is minutes on a
   loaded CPU); featurising, ordering, padding, grouping and search are done here again.
   """
   featurize = make_featurizer(
@@ -87,10 +87,11 @@ def _naive_recall(config, text, builder, evaluator, model, params, max_queries):
     require_query=False,
   )
   products = [featurize(r) for r in _records(builder, 'catalogue')]
+  product_tower, query_tower = evaluator._tower(model, 'product'), evaluator._tower(model, 'query')
   ids = np.array([p['product_id'] for p in products])
   product_emb = np.concatenate(
     [
-      evaluator._encode_products(model, params, _batch(products[i : i + 64], 64))
+      product_tower(_batch(products[i : i + 64], 64), params)['embedding']
       for i in range(0, len(products), 64)
     ]
   )[: len(products)]
@@ -102,7 +103,7 @@ def _naive_recall(config, text, builder, evaluator, model, params, max_queries):
   qids = sorted(targets)[:max_queries]
   q_ids, q_mask = text.encode_batch([texts[q] for q in qids], config.text.query_len)
   queries = [{'query_ids': i, 'query_mask': m} for i, m in zip(q_ids, q_mask, strict=True)]
-  query_emb = evaluator._encode_queries(model, params, _batch(queries, 64))[: len(qids)]
+  query_emb = query_tower(_batch(queries, 64), params)['embedding'][: len(qids)]
   hits = np.zeros(len(KS))
   for q, emb in zip(qids, np.asarray(query_emb, np.float64), strict=True):
     scores = np.asarray(product_emb, np.float64) @ emb
@@ -137,9 +138,10 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
   uncached = evaluator_lib.RetrievalEvaluator(
     config, text, builder, 'validation', max_queries=10, ks=KS, batch_size=64, image_cache_bytes=0
   )
-  assert not isinstance(uncached._images, np.ndarray)
-  for start in (0, 960):  # A full batch and the padded last one.
-    want, have = evaluator._product_batch(start), uncached._product_batch(start)
+  assert not isinstance(uncached.catalogue.images, np.ndarray)
+  for start in (0, 960):  # A full batch and the short last one.
+    want = evaluator.catalogue.batch(start, start + 64)
+    have = uncached.catalogue.batch(start, start + 64)
     for k in want:
       np.testing.assert_array_equal(have[k], want[k], err_msg=k)
 
@@ -160,9 +162,7 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
   )
   first = cached()
   assert list(cache) == ['k']
-  with mock.patch.object(
-    evaluator_lib.RetrievalEvaluator, '_load_catalogue', side_effect=AssertionError('read')
-  ):
+  with mock.patch.object(evaluator_lib, 'featurise_catalogue', side_effect=AssertionError('read')):
     second = cached()
   assert first(model, params) == got and second(model, params) == got
 
@@ -188,7 +188,8 @@ class _LookupModel(nn.Module):
 
   def encode_product(self, title_ids, title_mask, image, image_missing):
     row = jnp.searchsorted(self.title_keys, _key(title_ids))
-    return self.product_table[jnp.minimum(row, self.title_keys.shape[0] - 1)], None
+    emb = self.product_table[jnp.minimum(row, self.title_keys.shape[0] - 1)]
+    return emb, jnp.zeros((emb.shape[0], 2), emb.dtype)  # (embedding, modal weights)
 
   def encode_query(self, query_ids, query_mask):
     row = jnp.searchsorted(self.query_keys, _key(query_ids))

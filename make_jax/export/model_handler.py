@@ -1,11 +1,10 @@
-"""The encoders at fixed batch shapes, and the Beam `ModelHandler` that serves them.
+"""The Beam `ModelHandler` that serves one tower of `MakeModel` to `RunInference`.
 
 Why: Beam's `RunInference` batches elements and calls a model handler, which loads the model
 once per worker. Ours loads params through a loader it is given (a trainer checkpoint, or a
-random model in tests), jits one tower of `MakeModel` (product or query) at one batch size,
-pads short batches to it (no recompiles), and, with several devices, shards the batch over
-a ('data',) mesh with the params replicated: each example's embedding is computed by the
-same program whatever the device count.
+random model in tests) and encodes with `retrieval.tower.TowerEncoder` (one tower jitted
+at one batch size, short batches padded, several devices sharding each batch), the same
+encoder the in-training evaluator and the demo searcher use.
 """
 
 import functools
@@ -20,16 +19,12 @@ import ml_collections
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from make_jax import rundir
 from make_jax.models import make_model
+from make_jax.retrieval import tower as tower_lib
 
 ParamsLoader = Callable[[], tuple[Any, int | None]]
-TOWER_INPUTS = {
-  'product': ('title_ids', 'title_mask', 'image', 'image_missing'),
-  'query': ('query_ids', 'query_mask'),
-}
 
 
 def random_params(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[Any, None]:
@@ -64,61 +59,6 @@ def make_loader(
   return functools.partial(random_params, config, seed)
 
 
-class BatchEncoder:
-  """One tower of `MakeModel`, jitted at `batch_size`, over `devices` (batch sharded)."""
-
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    params: Any,
-    *,
-    tower: str,
-    batch_size: int,
-    devices: Sequence[jax.Device] | None = None,
-  ):
-    """Places params (replicated) and compiles nothing yet (the first call does)."""
-    if tower not in TOWER_INPUTS:
-      raise ValueError(f'tower must be one of {sorted(TOWER_INPUTS)}; got {tower!r}')
-    devices = list(devices or jax.devices()[:1])
-    if batch_size % len(devices):
-      raise ValueError(f'batch_size {batch_size} must divide by the {len(devices)} devices')
-    self.tower, self.batch_size, self.inputs = tower, batch_size, TOWER_INPUTS[tower]
-    model = make_model.build_model(config)
-
-    def encode(p, batch):
-      args = [batch[k] for k in self.inputs]
-      if tower == 'product':
-        return model.apply({'params': p}, *args, method=model.encode_product)
-      return (model.apply({'params': p}, *args, method=model.encode_query),)
-
-    mesh = Mesh(np.array(devices), ('data',))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    self._data = NamedSharding(mesh, PartitionSpec('data'))
-    self._params = jax.device_put(params, replicated)
-    self._fn = jax.jit(encode, in_shardings=(replicated, self._data), out_shardings=self._data)
-
-  @property
-  def outputs(self) -> tuple[str, ...]:
-    """Names of the arrays `__call__` returns."""
-    return ('embedding', 'modal_weights') if self.tower == 'product' else ('embedding',)
-
-  def __call__(self, examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Encodes [n, ...] inputs (any n) in padded chunks of `batch_size`; returns [n, ...]."""
-    n = len(examples[self.inputs[0]])
-    parts: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, n, self.batch_size):
-      chunk = {k: np.asarray(examples[k][start : start + self.batch_size]) for k in self.inputs}
-      m = len(chunk[self.inputs[0]])
-      if m < self.batch_size:  # Pad by repeating the last row: same shapes, no recompile.
-        chunk = {
-          k: np.concatenate([v, np.repeat(v[-1:], self.batch_size - m, 0)])
-          for k, v in chunk.items()
-        }
-      out = self._fn(self._params, jax.device_put(chunk, self._data))
-      parts.append(tuple(np.asarray(o)[:m] for o in out))
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.outputs)}
-
-
 class MakeModelHandler(ModelHandler):
   """`RunInference` handler: dict elements in, the same dicts with the embedding out.
 
@@ -137,29 +77,32 @@ class MakeModelHandler(ModelHandler):
     num_devices: int = 1,
     log_every_s: float = 10.0,
   ):
-    """See `BatchEncoder`; `num_devices` local devices shard each batch."""
+    """See `retrieval.tower.TowerEncoder`; `num_devices` local devices shard each batch."""
     super().__init__()
     self._config, self._loader, self._tower = config, loader, tower
     self._batch_size, self._num_devices, self._log_every_s = batch_size, num_devices, log_every_s
     self._count, self._start, self._last_log = 0, 0.0, 0.0
 
-  def load_model(self) -> BatchEncoder:
+  def load_model(self) -> tower_lib.TowerEncoder:
     """Loads params through the loader and builds the jitted encoder."""
     params, step = self._loader()
     devices = jax.local_devices()
     if self._num_devices > len(devices):
       raise ValueError(f'num_devices {self._num_devices} > the {len(devices)} local devices')
     logging.info('Encoder (%s tower) from checkpoint step %s', self._tower, step)
-    return BatchEncoder(
-      self._config,
-      params,
+    return tower_lib.TowerEncoder(
+      make_model.build_model(self._config),
       tower=self._tower,
       batch_size=self._batch_size,
       devices=devices[: self._num_devices],
+      params=params,
     )
 
   def run_inference(
-    self, batch: Sequence[dict[str, Any]], model: BatchEncoder, inference_args: Any = None
+    self,
+    batch: Sequence[dict[str, Any]],
+    model: tower_lib.TowerEncoder,
+    inference_args: Any = None,
   ) -> Iterable[dict[str, Any]]:
     """Encodes one batch of elements and logs progress every `log_every_s` seconds."""
     stacked = {k: np.stack([e[k] for e in batch]) for k in model.inputs}

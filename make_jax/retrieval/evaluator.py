@@ -38,6 +38,7 @@ per-device copies).
 """
 
 import collections
+import dataclasses
 import math
 from collections.abc import Hashable, MutableMapping, Sequence
 from typing import Any
@@ -52,17 +53,90 @@ from make_jax.input import reading
 from make_jax.input.featurize import SkipRecord, decode_image, make_featurizer
 from make_jax.retrieval import metrics as metrics_lib
 from make_jax.retrieval import topk
+from make_jax.retrieval import tower as tower_lib
 
-# What `_load_catalogue` sets: the state evaluators may share through a catalogue cache.
-_CATALOGUE_FIELDS = (
-  'skipped',
-  'products',
-  'product_ids',
-  '_images',
-  '_image_size',
-  '_product_attributes',
-  'num_products',
-)
+
+@dataclasses.dataclass(frozen=True)
+class FeaturisedCatalogue:
+  """The catalogue as the evaluator searches it: rows sorted by product id, featurised by
+  the training featuriser. Evaluators of several runs may share one (`catalogue_cache`)."""
+
+  product_ids: np.ndarray  # int64 [N], sorted.
+  features: dict[str, np.ndarray]  # title_ids, title_mask, image_missing: [N, ...].
+  images: np.ndarray | list[bytes]  # Decoded uint8 [N, s, s, 3], or the encoded bytes.
+  image_size: int
+  attributes: dict[str, np.ndarray]  # Judged attribute -> object [N] of strings.
+  skipped: collections.Counter  # Records left out, by reason.
+
+  @property
+  def num_products(self) -> int:
+    return len(self.product_ids)
+
+  def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    """The product tower's inputs of rows [start, stop) (images decoded if stored encoded)."""
+    batch = {k: v[start:stop] for k, v in self.features.items()}
+    if isinstance(self.images, np.ndarray):
+      batch['image'] = self.images[start:stop]
+    else:
+      s = self.image_size
+      batch['image'] = np.stack(
+        [
+          np.zeros((s, s, 3), np.uint8) if missing else decode_image(data, s)
+          for data, missing in zip(self.images[start:stop], batch['image_missing'], strict=True)
+        ]
+      )
+    return batch
+
+
+def featurise_catalogue(
+  config: ml_collections.ConfigDict,
+  text: Any,
+  source: Any,
+  attribute_features: Sequence[str],
+  judged: Sequence[str],
+  cache_bytes: int,
+) -> FeaturisedCatalogue:
+  """Reads and featurises every product of `source` once (see the module docstring)."""
+  size = config.data.image_size
+  featurize = make_featurizer(
+    text,
+    image_size=size,
+    query_len=config.text.query_len,
+    title_len=config.text.title_len,
+    attribute_features=attribute_features,
+    require_query=False,
+  )
+  skipped: collections.Counter = collections.Counter()
+  cache = len(source) * size * size * 3 <= cache_bytes
+  rows: dict[str, list] = collections.defaultdict(list)
+  seen = set()
+  for record in reading.records(source):
+    pid = int(record['product_id'])
+    if pid in seen:
+      skipped['duplicate_product_id'] += 1
+      continue
+    try:
+      ex = featurize(record)
+    except SkipRecord as e:
+      skipped[e.args[0]] += 1
+      continue
+    seen.add(pid)
+    for k in ('title_ids', 'title_mask', 'image_missing', 'product_id'):
+      rows[k].append(ex[k])
+    rows['image'].append(ex['image'] if cache else record['image'])
+    for name in judged:
+      rows[f'attr:{name}'].append(_text(record[name]))
+  if not seen:
+    raise ValueError(f'No usable product in the catalogue (skipped: {dict(skipped)})')
+  order = np.argsort(np.asarray(rows['product_id']), kind='stable')
+  return FeaturisedCatalogue(
+    product_ids=np.asarray(rows['product_id'], np.int64)[order],
+    features={k: np.stack(rows[k])[order] for k in ('title_ids', 'title_mask', 'image_missing')},
+    images=np.stack(rows['image'])[order] if cache else [rows['image'][i] for i in order],
+    image_size=size,
+    attributes={name: np.asarray(rows[f'attr:{name}'], dtype=object)[order] for name in judged},
+    skipped=skipped,
+  )
 
 
 def _text(value: Any) -> str:
@@ -78,11 +152,6 @@ def to_one_device(params: Any, device: jax.Device) -> Any:
     return jax.device_put(x, device)
 
   return jax.tree.map(one, params)
-
-
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-  """`x` with zero rows appended up to `n` rows."""
-  return np.concatenate([x, np.zeros((n - len(x), *x.shape[1:]), x.dtype)]) if len(x) < n else x
 
 
 class RetrievalEvaluator:
@@ -136,14 +205,11 @@ class RetrievalEvaluator:
         raise ValueError(f'Split {s!r} not in {list(builder.info.splits)}')
     self.batch_size, self.bootstrap_samples = batch_size, bootstrap_samples
     self.device = jax.local_devices()[0]
-    self.traces = 0  # Jit traces so far (one per function and model).
     meta = builder.info.metadata
     intents = dict(meta.get('intent_features', {}))  # query feature -> product feature
     cached = None if catalogue_cache is None else catalogue_cache.get(catalogue_key)
-    if cached is not None:
-      self.__dict__.update(cached)
-    else:
-      self._load_catalogue(
+    if cached is None:
+      cached = featurise_catalogue(
         config,
         text,
         reading.undecoded_source(builder, catalogue_split),
@@ -152,7 +218,8 @@ class RetrievalEvaluator:
         image_cache_bytes,
       )
       if catalogue_cache is not None:
-        catalogue_cache[catalogue_key] = {k: getattr(self, k) for k in _CATALOGUE_FIELDS}
+        catalogue_cache[catalogue_key] = cached
+    self.catalogue: FeaturisedCatalogue = cached
     self._load_queries(config, text, reading.undecoded_source(builder, split), intents, max_queries)
     self.k_max = min(max(self.ks), self.num_products)
     chunk = min(search_chunk, math.ceil(self.num_products / batch_size) * batch_size)
@@ -162,49 +229,21 @@ class RetrievalEvaluator:
 
   # --- Data -------------------------------------------------------------------------------
 
-  def _load_catalogue(self, config, text, source, attribute_features, judged, cache_bytes):
-    size = config.data.image_size
-    featurize = make_featurizer(
-      text,
-      image_size=size,
-      query_len=config.text.query_len,
-      title_len=config.text.title_len,
-      attribute_features=attribute_features,
-      require_query=False,
-    )
-    self.skipped = collections.Counter()
-    cache = len(source) * size * size * 3 <= cache_bytes
-    rows: dict[str, list] = collections.defaultdict(list)
-    seen = set()
-    for record in reading.records(source):
-      pid = int(record['product_id'])
-      if pid in seen:
-        self.skipped['duplicate_product_id'] += 1
-        continue
-      try:
-        ex = featurize(record)
-      except SkipRecord as e:
-        self.skipped[e.args[0]] += 1
-        continue
-      seen.add(pid)
-      for k in ('title_ids', 'title_mask', 'image_missing', 'product_id'):
-        rows[k].append(ex[k])
-      rows['image'].append(ex['image'] if cache else record['image'])
-      for name in judged:
-        rows[f'attr:{name}'].append(_text(record[name]))
-    if not seen:
-      raise ValueError(f'No usable product in the catalogue (skipped: {dict(self.skipped)})')
-    order = np.argsort(np.asarray(rows['product_id']), kind='stable')
-    self.products = {
-      k: np.stack(rows[k])[order] for k in ('title_ids', 'title_mask', 'image_missing')
-    }
-    self.product_ids = np.asarray(rows['product_id'], np.int64)[order]
-    self._images = np.stack(rows['image'])[order] if cache else [rows['image'][i] for i in order]
-    self._image_size = size
-    self._product_attributes = {
-      name: np.asarray(rows[f'attr:{name}'], dtype=object)[order] for name in judged
-    }
-    self.num_products = len(order)
+  @property
+  def product_ids(self) -> np.ndarray:
+    return self.catalogue.product_ids
+
+  @property
+  def products(self) -> dict[str, np.ndarray]:
+    return self.catalogue.features
+
+  @property
+  def num_products(self) -> int:
+    return self.catalogue.num_products
+
+  @property
+  def skipped(self) -> collections.Counter:
+    return self.catalogue.skipped
 
   def _load_queries(self, config, text, source, intents, max_queries):
     groups: dict[int, dict[str, Any]] = {}
@@ -234,74 +273,51 @@ class RetrievalEvaluator:
     self._category = intents.get('query_category')
     self.num_queries = len(qids)
 
-  def _product_batch(self, start: int) -> dict[str, np.ndarray]:
-    stop = min(start + self.batch_size, self.num_products)
-    batch = {k: v[start:stop] for k, v in self.products.items()}
-    if isinstance(self._images, np.ndarray):
-      batch['image'] = self._images[start:stop]
-    else:
-      s = self._image_size
-      batch['image'] = np.stack(
-        [
-          np.zeros((s, s, 3), np.uint8) if missing else decode_image(data, s)
-          for data, missing in zip(self._images[start:stop], batch['image_missing'], strict=True)
-        ]
-      )
-    return {k: _pad_rows(v, self.batch_size) for k, v in batch.items()}
-
   # --- Device work ------------------------------------------------------------------------
 
   def _jit(self):
-    def encode_products(model, params, batch):
-      self.traces += 1
-      emb, _ = model.apply(
-        {'params': params},
-        batch['title_ids'],
-        batch['title_mask'],
-        batch['image'],
-        batch['image_missing'],
-        method='encode_product',
-      )
-      return emb.astype(jnp.float32)
-
-    def encode_queries(model, params, batch):
-      self.traces += 1
-      emb = model.apply(
-        {'params': params}, batch['query_ids'], batch['query_mask'], method='encode_query'
-      )
-      return emb.astype(jnp.float32)
-
     n, k, chunk = self.num_products, self.k_max, self._chunk
 
     def search(queries, products):
-      self.traces += 1
+      self._search_traces += 1
       return topk.running_top_k(queries, products, k, n, chunk)
 
-    self._encode_products = jax.jit(encode_products, static_argnums=0)
-    self._encode_queries = jax.jit(encode_queries, static_argnums=0)
+    self._search_traces = 0
+    self._towers: dict[tuple[Any, str], tower_lib.TowerEncoder] = {}
     self._search = jax.jit(search)
+
+  @property
+  def traces(self) -> int:
+    """Jit traces so far: one per tower and model, and the search's."""
+    return self._search_traces + sum(t.traces for t in self._towers.values())
+
+  def _tower(self, model: Any, tower: str) -> tower_lib.TowerEncoder:
+    """The model's tower encoder on this evaluator's device (one per model: compiled once)."""
+    key = (model, tower)
+    if key not in self._towers:
+      self._towers[key] = tower_lib.TowerEncoder(
+        model, tower=tower, batch_size=self.batch_size, devices=[self.device]
+      )
+    return self._towers[key]
 
   def embed_products(self, model: Any, params: Any) -> jax.Array:
     """Catalogue embeddings [N_padded, d] on one device, rows in product-id order."""
-    params = to_one_device(params, self.device)
-    out = []
-    for start in range(0, self.num_products, self.batch_size):
-      batch = jax.device_put(self._product_batch(start), self.device)
-      out.append(self._encode_products(model, params, batch))
-    emb = jnp.concatenate(out)[: self.num_products]
+    tower = self._tower(model, 'product')
+    params = tower.place(to_one_device(params, self.device))
+    out = [
+      tower.on_device(self.catalogue.batch(start, start + self.batch_size), params)[0]
+      for start in range(0, self.num_products, self.batch_size)
+    ]
+    emb = jnp.concatenate(out)
     return jnp.pad(emb, ((0, self._padded_products - self.num_products), (0, 0)))
 
   def embed_queries(self, model: Any, params: Any) -> jax.Array:
     """Query embeddings [Q_padded, d] on one device, in the order of `self.qids`."""
-    params = to_one_device(params, self.device)
-    out = []
-    for start in range(0, self.num_queries, self.batch_size):
-      batch = {
-        k: _pad_rows(v[start : start + self.batch_size], self.batch_size)
-        for k, v in self.queries.items()
-      }
-      out.append(self._encode_queries(model, params, jax.device_put(batch, self.device)))
-    return jnp.concatenate(out)
+    tower = self._tower(model, 'query')
+    params = tower.place(to_one_device(params, self.device))
+    (emb,) = tower.on_device(self.queries, params)
+    padded = math.ceil(self.num_queries / self.batch_size) * self.batch_size
+    return jnp.pad(emb, ((0, padded - self.num_queries), (0, 0)))
 
   def search(self, query_emb: jax.Array, product_emb: jax.Array) -> np.ndarray:
     """Exact top-`k_max` catalogue rows per query [Q, k_max] (ties: lower product id)."""
@@ -317,7 +333,7 @@ class RetrievalEvaluator:
     """The metrics dict of retrieved catalogue rows [Q, k_max] (best first)."""
     per_query = {'recall': metrics_lib.recall_at_k(self.product_ids[rows], self.targets, self.ks)}
     if self._constraints:
-      retrieved = {name: v[rows] for name, v in self._product_attributes.items()}
+      retrieved = {name: v[rows] for name, v in self.catalogue.attributes.items()}
       per_query['p_rel'] = metrics_lib.p_rel_at_k(retrieved, self._constraints, self.ks)
       if self._category:
         per_query['p_cate'] = metrics_lib.p_cate_at_k(

@@ -32,6 +32,7 @@ from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
 from make_jax.input import featurize
 from make_jax.models import make_model
+from make_jax.retrieval import tower as tower_lib
 from make_jax.serving import catalogue as catalogue_lib
 from make_jax.serving import encoder as encoder_lib
 from make_jax.serving import filters, search
@@ -216,28 +217,23 @@ def encode_catalogue(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Product embeddings float32 [N, d] and modal weights [N, 2] of every catalogue row."""
   size, title_len = config.data.image_size, config.text.title_len
-  fn = jax.jit(
-    lambda p, t, m, img, miss: model.apply(
-      {'params': p}, t, m, img, miss, method=model.encode_product
-    )
-  )
+  encoder = tower_lib.TowerEncoder(model, tower='product', batch_size=batch_size, params=params)
   embs, weights = [], []
   for start in range(0, len(catalogue), batch_size):
     rows = np.arange(start, min(start + batch_size, len(catalogue)))
-    pad = batch_size - len(rows)
-    titles = [catalogue.titles[r] for r in rows] + [''] * pad
-    ids, mask = preprocessor.encode_batch(titles, title_len)
-    images = np.zeros((batch_size, size, size, 3), np.uint8)
-    missing = np.ones(batch_size, bool)
+    ids, mask = preprocessor.encode_batch([catalogue.titles[r] for r in rows], title_len)
+    images = np.zeros((len(rows), size, size, 3), np.uint8)
+    missing = np.ones(len(rows), bool)
     for j, r in enumerate(rows):
       data = catalogue.image(int(catalogue.ids[r]))
       if data is not None:
         images[j] = featurize.decode_image(data, size)
         missing[j] = False
-    e, w = fn(params, ids, mask, images, missing)
-    embs.append(np.asarray(e)[: len(rows)])
-    weights.append(np.asarray(w)[: len(rows)])
-  return np.concatenate(embs).astype(np.float32), np.concatenate(weights).astype(np.float32)
+    batch = {'title_ids': ids, 'title_mask': mask, 'image': images, 'image_missing': missing}
+    out = encoder(batch)
+    embs.append(out['embedding'])
+    weights.append(out['modal_weights'])
+  return np.concatenate(embs), np.concatenate(weights)
 
 
 def demo_searcher(
