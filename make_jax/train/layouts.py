@@ -73,6 +73,10 @@ class Layout:
     restore_target: abstract canonical state (ShapeDtypeStructs with shardings) to restore.
     from_canonical: restored canonical state -> placed state.
     params: placed state -> params as host NumPy (for evaluation and export).
+    batch_mean: fn(params, batch) -> array; gives (placed state, placed batch) -> the
+      mean of fn over this host's batch as host NumPy (each device's share averaged).
+    program_copies: devices that each run the compiled step (its FLOPs count per copy).
+    packs_text: whether `data.pack_text` can run (it packs a batch on one device).
     mesh: the mesh of 'pjit' (None otherwise).
   """
 
@@ -85,7 +89,20 @@ class Layout:
   restore_target: Any
   from_canonical: Callable[[Any], Any]
   params: Callable[[Any], Any]
+  batch_mean: Callable[[Callable[[Any, Batch], Any]], Callable[[Any, Batch], np.ndarray]]
+  program_copies: int
+  packs_text: bool = False
   mesh: jax.sharding.Mesh | None = None
+
+
+def _jit_mean(fn: Callable[[Any, Batch], Any]) -> Callable[[Any, Batch], np.ndarray]:
+  jitted = jax.jit(fn)
+  return lambda state, batch: to_host(jitted(state.params, batch))
+
+
+def _pmap_mean(fn: Callable[[Any, Batch], Any]) -> Callable[[Any, Batch], np.ndarray]:
+  mapped = jax.pmap(fn)
+  return lambda state, batch: np.asarray(jax.device_get(mapped(state.params, batch))).mean(0)
 
 
 def _abstract(shapes: Any, shardings: Any) -> Any:
@@ -127,6 +144,9 @@ def make_layout(
       restore_target=_abstract(shapes, jax.tree.map(lambda _: one, shapes)),
       from_canonical=lambda c: jax.device_put(_wrap_key(c), one),
       params=lambda s: to_host(s.params),
+      batch_mean=_jit_mean,
+      program_copies=1,
+      packs_text=True,
     )
   if name == 'pmap':
     devices = jax.local_devices()
@@ -165,6 +185,8 @@ def make_layout(
       restore_target=_abstract(shapes, jax.tree.map(lambda _: one, shapes)),
       from_canonical=replicate,
       params=lambda s: first(s.params),
+      batch_mean=_pmap_mean,
+      program_copies=jax.device_count(),
     )
   mesh = mesh_lib.make_mesh(config.mesh)
   shardings = state_lib.state_shardings(model, tx, config, mesh)
@@ -196,5 +218,7 @@ def make_layout(
     restore_target=_abstract(shapes, shardings),
     from_canonical=lambda c: _wrap_key(jax.device_put(c, shardings)),
     params=lambda s: to_host(s.params),
+    batch_mean=_jit_mean,
+    program_copies=jax.device_count(),
     mesh=mesh,
   )

@@ -70,11 +70,7 @@ def _modal_weights_fn(model: Any, layout: layouts.Layout):
     )
     return weights.mean(axis=0)
 
-  if layout.name == 'pmap':
-    fn = jax.pmap(mean_weights)
-    return lambda state, batch: np.asarray(jax.device_get(fn(state.params, batch))).mean(0)
-  fn = jax.jit(mean_weights)
-  return lambda state, batch: layouts.to_host(fn(state.params, batch))
+  return layout.batch_mean(mean_weights)
 
 
 def _model_flops(config, model, tx, tokens, host_batch) -> float:
@@ -135,7 +131,7 @@ def train_and_evaluate(
   pretrained_schedule = optimizer.pretrained_schedule(config.optim, num_steps)
   layout = layouts.make_layout(config, model, tx, text)
   pack_text = bool(config.data.get('pack_text', False))
-  if pack_text and layout.name != 'single':
+  if pack_text and not layout.packs_text:
     raise ValueError(
       f"data.pack_text packs each batch on one device: it needs parallelism='single', "
       f'not {layout.name!r}'
@@ -221,12 +217,11 @@ def train_and_evaluate(
         if len(compiled) > 1:
           logging.info('step %d: compiled for a new batch shape (%d so far)', step, len(compiled))
       if logger is None:
-        per_device = 1 if layout.name == 'single' else jax.device_count()
         logger = reporting.WindowLogger(
           log_every=int(train.log_every),
           total_steps=last_step,
           examples_per_step=config.data.global_batch_size,
-          flops_per_step=flops_lib.compiled_flops(step_fn) * per_device,
+          flops_per_step=flops_lib.compiled_flops(step_fn) * layout.program_copies,
           model_flops_per_step=_model_flops(config, model, tx, text, host_batch),
           dtype=config.model.dtype,
           log_fn=(lambda line: print(line, flush=True)) if primary else (lambda line: None),
