@@ -4,7 +4,7 @@ r"""Cost of checking artefacts against their manifests: sizes (every start) vs S
 
 For each directory: its files' total size, then the median [range] over `--rounds` of the
 size check that every open does and of the checksum check of `tools.serve --verify`
-(`export.manifest.damaged_files` against a record of the directory taken here, so that
+(`rundir.damaged_files` against a record of the directory taken here, so that
 artefacts written before manifests carried one can be measured too).
 """
 
@@ -14,6 +14,7 @@ import time
 
 from absl import app, flags
 
+from make_jax import rundir
 from make_jax.export import manifest
 
 _DIRS = flags.DEFINE_list('dirs', None, 'Artefact directories.', required=True)
@@ -29,7 +30,7 @@ def main(argv):
       times = []
       for _ in range(_ROUNDS.value):
         start = time.perf_counter()
-        problems = manifest.damaged_files(d, records, checksums=checksums)
+        problems = rundir.damaged_files(d, records, checksums=checksums)
         times.append(time.perf_counter() - start)
       assert not problems, problems
       print(

@@ -169,22 +169,45 @@ def _sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _step_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(
-    p
-    for p in step_dir.rglob('*')
-    if p.is_file() and p.relative_to(step_dir).as_posix() != INTEGRITY
-  )
+def file_records(directory: str | os.PathLike, exclude: str) -> dict[str, dict[str, Any]]:
+  """{relative path: {'size', 'sha256'}} of every file under `directory` but `exclude`
+  (the record itself): what a checkpoint's integrity.json and an artefact's manifest hold."""
+  directory = pathlib.Path(directory)
+  return {
+    p.relative_to(directory).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
+    for p in sorted(directory.rglob('*'))
+    if p.is_file() and p.relative_to(directory).as_posix() != exclude
+  }
+
+
+def damaged_files(
+  directory: str | os.PathLike,
+  records: dict[str, dict[str, Any]],
+  *,
+  checksums: bool = False,
+  prefix: str = '',
+) -> list[str]:
+  """'<path>: <what>' for each recorded file (under `prefix`) that is missing, of another
+  size or, with `checksums`, of other contents; [] when all match."""
+  directory = pathlib.Path(directory)
+  problems = []
+  for name, want in sorted(records.items()):
+    if not name.startswith(prefix):
+      continue
+    path = directory / name
+    if not path.is_file():
+      problems.append(f'{path}: missing')
+    elif (size := path.stat().st_size) != want['size']:
+      problems.append(f'{path}: {size} bytes, {want["size"]} written')
+    elif checksums and _sha256(path) != want['sha256']:
+      problems.append(f'{path}: contents changed since written (SHA-256 mismatch)')
+  return problems
 
 
 def write_integrity(step_dir: str | os.PathLike) -> None:
   """Records size and SHA-256 of every file of a complete checkpoint (atomically)."""
-  step_dir = pathlib.Path(step_dir)
-  files = {
-    p.relative_to(step_dir).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
-    for p in _step_files(step_dir)
-  }
-  atomic_file.write_text(step_dir / INTEGRITY, json.dumps({'files': files}, indent=1))
+  files = file_records(step_dir, INTEGRITY)
+  atomic_file.write_text(pathlib.Path(step_dir) / INTEGRITY, json.dumps({'files': files}, indent=1))
 
 
 def check_integrity(step_dir: str | os.PathLike) -> str | None:
@@ -196,18 +219,10 @@ def check_integrity(step_dir: str | os.PathLike) -> str | None:
     return None
   try:
     files = json.loads(record.read_text())['files']
+    problems = damaged_files(step_dir, files, checksums=True)
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f'{record}: unreadable integrity record ({type(e).__name__})'
-  for name, want in files.items():
-    path = step_dir / name
-    if not path.is_file():
-      return f'{path}: missing'
-    size = path.stat().st_size
-    if size != want['size']:
-      return f'{path}: {size} bytes, {want["size"]} written'
-    if _sha256(path) != want['sha256']:
-      return f'{path}: contents changed since written (SHA-256 mismatch)'
-  return None
+  return problems[0] if problems else None
 
 
 def one_line(error: BaseException) -> str:

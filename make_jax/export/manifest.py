@@ -65,46 +65,9 @@ def now() -> str:
   return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with path.open('rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def file_records(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
   """{relative path: {'size', 'sha256'}} of every file under `directory` but its manifest."""
-  directory = pathlib.Path(directory)
-  return {
-    p.relative_to(directory).as_posix(): {'size': p.stat().st_size, 'sha256': _sha256(p)}
-    for p in sorted(directory.rglob('*'))
-    if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
-  }
-
-
-def damaged_files(
-  directory: str | os.PathLike,
-  records: dict[str, dict[str, Any]],
-  *,
-  checksums: bool = False,
-  prefix: str = '',
-) -> list[str]:
-  """'<path>: <what>' for each recorded file (under `prefix`) that is missing, of another
-  size or, with `checksums`, of other contents; [] when all match."""
-  directory = pathlib.Path(directory)
-  problems = []
-  for name, want in sorted(records.items()):
-    if not name.startswith(prefix):
-      continue
-    path = directory / name
-    if not path.is_file():
-      problems.append(f'{path}: missing')
-    elif (size := path.stat().st_size) != want['size']:
-      problems.append(f'{path}: {size} bytes, {want["size"]} written')
-    elif checksums and _sha256(path) != want['sha256']:
-      problems.append(f'{path}: contents changed since written (SHA-256 mismatch)')
-  return problems
+  return rundir.file_records(directory, MANIFEST)
 
 
 def write(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
@@ -153,7 +116,9 @@ def read(
   if kind is not None and manifest.get('kind') != kind:
     raise ManifestError(f'{directory} holds a {manifest.get("kind")!r}, not a {kind!r}')
   if verify != 'none':
-    problems = damaged_files(directory, manifest.get('files', {}), checksums=verify == 'checksums')
+    problems = rundir.damaged_files(
+      directory, manifest.get('files', {}), checksums=verify == 'checksums'
+    )
     if problems:
       more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
       raise ManifestError(f'damaged artefact: {problems[0]}{more}.{then}')

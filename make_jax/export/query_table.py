@@ -31,6 +31,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
+from make_jax import rundir
 from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
 from make_jax.export import querylog
@@ -231,7 +232,7 @@ class QueryTable:
     records = self.manifest.get('files', {})
     shards = {name.split('/')[0] for name in records if name.startswith('shard-')}
     for name in sorted(shards):
-      problems = manifest_lib.damaged_files(
+      problems = rundir.damaged_files(
         self.directory, records, checksums=verify == 'checksums', prefix=name + '/'
       )
       if problems:
