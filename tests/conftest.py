@@ -38,3 +38,28 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 SHARED_DATA = os.path.join(os.path.dirname(_ROOT), 'shared', 'data')
+
+
+# --- The synthetic catalogue that the input and evaluator tests share ---------------------
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+
+@pytest.fixture(scope='session')
+def builder(tmp_path_factory):
+  """synthetic_products/en_small, built once per session (test_datasets_synthetic uses the
+  same data_dir)."""
+  from make_jax.datasets import loading
+
+  return loading.prepare('synthetic_products', 'en_small', tmp_path_factory.getbasetemp() / 'tfds')
+
+
+@pytest.fixture(scope='session')
+def text(builder):
+  """A vocabulary of 1000 learned from the first 500 catalogue titles."""
+  import tensorflow_datasets as tfds
+
+  from make_jax.text.preprocess import TextPreprocessor
+
+  source = builder.as_data_source('catalogue', decoders={'image': tfds.decode.SkipDecoding()})
+  return TextPreprocessor.from_corpus([r['title'] for r in source.__getitems__(range(500))], 1000)

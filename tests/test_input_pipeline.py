@@ -11,23 +11,9 @@ from PIL import Image
 
 from benchmarks import step_setup
 from configs import tiny
-from make_jax.datasets import loading
 from make_jax.input import device as ip_device
 from make_jax.input import featurize as ip_featurize
 from make_jax.input import pipeline as ip
-from make_jax.text.preprocess import TextPreprocessor
-
-
-@pytest.fixture(scope='session')
-def builder(tmp_path_factory):
-  # Same data_dir as test_datasets_synthetic: built once per session.
-  return loading.prepare('synthetic_products', 'en_small', tmp_path_factory.getbasetemp() / 'tfds')
-
-
-@pytest.fixture(scope='session')
-def text(builder):
-  source = builder.as_data_source('catalogue', decoders={'image': tfds.decode.SkipDecoding()})
-  return TextPreprocessor.from_corpus([r['title'] for r in source.__getitems__(range(500))], 1000)
 
 
 @pytest.fixture()

@@ -16,24 +16,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import tiny
-from make_jax.datasets import loading
 from make_jax.input.featurize import make_featurizer
 from make_jax.models import make_model
 from make_jax.retrieval import evaluator as evaluator_lib
-from make_jax.text.preprocess import TextPreprocessor
 
 KS = (1, 10, 100)
-
-
-@pytest.fixture(scope='module')
-def builder(tmp_path_factory):
-  return loading.prepare('synthetic_products', 'en_small', tmp_path_factory.getbasetemp() / 'tfds')
-
-
-@pytest.fixture(scope='module')
-def text(builder):
-  source = builder.as_data_source('catalogue', decoders={'image': tfds.decode.SkipDecoding()})
-  return TextPreprocessor.from_corpus([r['title'] for r in source.__getitems__(range(500))], 1000)
 
 
 @pytest.fixture(scope='module')
