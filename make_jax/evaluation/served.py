@@ -59,14 +59,13 @@ def view_dir(workdir: str | os.PathLike, builder_config: str) -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _params_at(config_json: str, step_dir: str) -> tuple[Any, int]:
+def _params_at(step_dir: str) -> tuple[Any, int]:
   """(params, step) of one checkpoint directory, kept for the next call.
 
   The export's loader (called by the pipeline's driver and by its in-process workers) and
   the searcher read the same checkpoint: restoring it once saves ~4 s of model tracing and
   reading per call at tiny scale. One model's params stay in memory until another is read.
   """
-  del config_json  # Part of the cache key: another model's run reads again.
   return rundir.latest_params(step_dir)
 
 
@@ -105,7 +104,7 @@ def prepare_view(
   if builder.name != config.data.name:
     raise ValueError(f'{run.root} trained on {config.data.name}, not on {builder.name}')
   step_dir, _ = rundir.find_checkpoint(run.root)
-  loader = functools.partial(_params_at, config.to_json_best_effort(), str(step_dir))
+  loader = functools.partial(_params_at, str(step_dir))
   params, step = loader()
   config.data.builder_config = builder.builder_config.name
   config.data.data_dir = os.fspath(builder.data_dir_root)

@@ -44,18 +44,14 @@ def _random_params(config_json: str, seed: int) -> Any:
   return jax.device_get(params)
 
 
-def checkpoint_params(config: ml_collections.ConfigDict, path: str) -> tuple[Any, int | None]:
-  """The params and step of the newest checkpoint under `path` (a workdir or checkpoint dir)."""
-  del config  # The checkpoint's own metadata gives the params' shapes.
-  return rundir.latest_params(path)
-
-
 def make_loader(
   config: ml_collections.ConfigDict, checkpoint: str = '', seed: int = 0
 ) -> ParamsLoader:
-  """A picklable loader: the checkpoint at `checkpoint`, or a random model if it is ''."""
+  """A picklable loader: the newest intact checkpoint under `checkpoint` (a workdir or a
+  checkpoint directory; its own metadata gives the params' shapes), or a random model of
+  `config` if it is ''."""
   if checkpoint:
-    return functools.partial(checkpoint_params, config, checkpoint)
+    return functools.partial(rundir.latest_params, checkpoint)
   return functools.partial(random_params, config, seed)
 
 
