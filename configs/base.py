@@ -28,6 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.builder_config = (
     'en'  # Synthetic: en, zh, en_small, zh_small, en_n<count>; fashion: default, hide_colour.
   )
+  # Where the records come from: 'tfds' (a TFDS dataset, built on first use) or 'memory'
+  # (synthetic_products generated in memory, without TensorFlow: make_jax/datasets/in_memory.py;
+  # same records, another order).
+  c.data.source = 'tfds'
   c.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default (~/tensorflow_datasets).
   c.data.manual_dir = '../shared/data'  # Where fashion_products finds its zip archive.
   c.data.train_split = 'train'  # Split of (query, product) click pairs to train on.

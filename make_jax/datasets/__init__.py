@@ -1,10 +1,8 @@
-"""Dataset builders of make_jax, registered with TFDS on import (SPEC section 1).
+"""Datasets of make_jax (SPEC section 1).
 
-`import make_jax.datasets` makes `tfds.builder('synthetic_products/en')` and
-`tfds.builder('fashion_products')` available.
+The TFDS builders register themselves when their modules are imported
+(`make_jax.datasets.loading` imports both): `synthetic_products` and `fashion_products`.
+`synthetic` (the generator) and `in_memory` (the synthetic dataset served from memory,
+for machines without TensorFlow) import no TensorFlow, so this package imports nothing
+on its own.
 """
-
-from make_jax.datasets import (
-  fashion_products,  # noqa: F401  (registers the builder)
-  synthetic_products,  # noqa: F401  (registers the builder)
-)

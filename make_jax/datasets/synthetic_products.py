@@ -22,18 +22,14 @@ pairs, for tests), or any size through `config_for_name('en_n1000000')` /
 """
 
 import dataclasses
-import re
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from make_jax.datasets import clicks, features, synthetic
 
-# Which product feature a query intent is judged against (P_rel / P_cate, SPEC 9).
-INTENT_FEATURES = {f'query_{f}': f for f in synthetic.INTENT_FIELDS}
-# Product attributes whose values count for Keyword Enhancement (SPEC 3).
-ATTRIBUTE_FEATURES = ('brand', 'category', 'colour', 'shape', 'pattern')
+INTENT_FEATURES = synthetic.INTENT_FEATURES
+ATTRIBUTE_FEATURES = synthetic.ATTRIBUTE_FEATURES
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -43,11 +39,12 @@ class SyntheticProductsConfig(tfds.core.BuilderConfig):
   spec: synthetic.SyntheticSpec = dataclasses.field(default_factory=synthetic.SyntheticSpec)
 
 
-def _config(name: str, language: str, num_products: int, num_pairs: int) -> SyntheticProductsConfig:
+def _config(name: str) -> SyntheticProductsConfig:
+  spec = synthetic.spec_for_name(name)
   return SyntheticProductsConfig(
     name=name,
-    description=f'{language}: {num_products} products, {num_pairs} click pairs.',
-    spec=synthetic.SyntheticSpec(language=language, num_products=num_products, num_pairs=num_pairs),
+    description=f'{spec.language}: {spec.num_products} products, {spec.num_pairs} click pairs.',
+    spec=spec,
   )
 
 
@@ -60,14 +57,7 @@ def config_for_name(name: str) -> SyntheticProductsConfig:
   for config in SyntheticProducts.BUILDER_CONFIGS:
     if config.name == name:
       return config
-  m = re.fullmatch(r'(en|zh)_n(\d+)', name)
-  if not m:
-    known = ', '.join(c.name for c in SyntheticProducts.BUILDER_CONFIGS)
-    raise ValueError(
-      f'Unknown synthetic_products config {name!r}: use one of {known} or <en|zh>_n<count>'
-    )
-  n = int(m.group(2))
-  return _config(name, m.group(1), n, 10 * n)
+  return _config(name)
 
 
 class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
@@ -79,12 +69,7 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     '2.0.0': 'Validation/test hold every product that satisfies each distinct query; '
     'train holds num_pairs clicks.',
   }
-  BUILDER_CONFIGS = [
-    _config('en', 'en', 20_000, 200_000),
-    _config('zh', 'zh', 20_000, 200_000),
-    _config('en_small', 'en', 1_000, 5_000),
-    _config('zh_small', 'zh', 1_000, 5_000),
-  ]
+  BUILDER_CONFIGS = [_config(name) for name in synthetic.PREDEFINED]
   DEFAULT_CONFIG_NAME = 'en'
 
   def __init__(self, *, file_format: str | None = 'array_record', **kwargs):
@@ -106,23 +91,7 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download.
     spec = self.builder_config.spec
     cat = synthetic.generate(spec)
-    counts = {s: len(cat.pairs[s]['query']) for s in clicks.SPLITS}
-    query_stats = {s: clicks.query_stats(cat.pairs[s]['query']) for s in clicks.SPLITS}
-    clicked = np.bincount(cat.pairs['train']['product_id'], minlength=spec.num_products) > 0
-    stats = {
-      'spec': dataclasses.asdict(spec),
-      'num_products': spec.num_products,
-      'pairs': counts,
-      'num_queries': {s: query_stats[s]['queries'] for s in clicks.SPLITS},
-      'query_splits': query_stats,
-      'domain_words': synthetic.domain_words(spec.language),
-      'colour_hidden_titles': int(cat.colour_hidden.sum()),
-      'never_clicked_products': int((~clicked).sum()),
-      'missing_images': 0,
-      'intent_features': INTENT_FEATURES,
-      'attribute_features': list(ATTRIBUTE_FEATURES),
-      'log_p_rule': 'log(train clicks / train pairs); never clicked: log(0.5 / train pairs)',
-    }
+    stats = synthetic.metadata(cat)
     self.info.metadata.update(stats)
     logging.info(
       'synthetic_products/%s: %s',

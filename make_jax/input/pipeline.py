@@ -36,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from make_jax.input import reading
 from make_jax.input.featurize import Batch, PairEncoder, SkipRecord, make_featurizer
 
 
@@ -275,12 +276,6 @@ def create_pipeline(
     ValueError: the batch size does not split over hosts/devices, or the dataset is
       not built.
   """
-  # Imported here: the datasets package pulls in TFDS, which the rest of this module
-  # (and a trainer fed from elsewhere) does not need.
-  import tensorflow_datasets as tfds
-
-  from make_jax.datasets import loading
-
   data = config.data
   process_count = jax.process_count() if process_count is None else process_count
   local_device_count = (
@@ -288,6 +283,10 @@ def create_pipeline(
   )
   batch_size = host_batch_size(data.global_batch_size, process_count, local_device_count)
   if builder is None:
+    # Imported here: the TFDS builders pull in TensorFlow, which the rest of this module
+    # (and a trainer fed from elsewhere) does not need.
+    from make_jax.datasets import loading
+
     builder = loading.get_builder(data.name, data.builder_config, data.data_dir)
     if not builder.is_prepared():
       raise ValueError(
@@ -298,7 +297,7 @@ def create_pipeline(
   split = split or data.train_split
   if split not in builder.info.splits:
     raise ValueError(f'Split {split!r} not in {list(builder.info.splits)}')
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  source = reading.undecoded_source(builder, split)
   featurize = make_featurizer(
     encoder,
     image_size=data.image_size,

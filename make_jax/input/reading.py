@@ -10,9 +10,17 @@ source is opened.
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from make_jax.datasets import in_memory
+
 
 def undecoded_source(builder: Any, split: str) -> Any:
-  """`builder`'s random-access data source of `split`, its 'image' feature as encoded bytes."""
+  """`builder`'s random-access data source of `split`, its 'image' feature as encoded bytes.
+
+  `builder` is a TFDS builder or an `in_memory.SyntheticInMemory` (whose images are PNG
+  bytes already; no TensorFlow is imported for it).
+  """
+  if isinstance(builder, in_memory.SyntheticInMemory):
+    return builder.as_data_source(split)
   import tensorflow_datasets as tfds  # Heavy: only when a split is read.
 
   return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})

@@ -43,10 +43,20 @@ from make_jax.train import step as train_step
 
 
 def _builder(config: ml_collections.ConfigDict) -> Any:
-  """The prepared TFDS builder of `config.data` (process 0 builds it if needed)."""
+  """The prepared TFDS builder of `config.data` (process 0 builds it if needed), or with
+  `data.source='memory'` the synthetic dataset generated in memory (no TensorFlow)."""
+  data = config.data
+  source = data.get('source', 'tfds')
+  if source == 'memory':
+    from make_jax.datasets import in_memory
+
+    if data.name != in_memory.NAME:
+      raise ValueError(f"data.source='memory' serves {in_memory.NAME} only, not {data.name!r}")
+    return in_memory.SyntheticInMemory(data.builder_config)
+  if source != 'tfds':
+    raise ValueError(f"data.source={source!r}; expected 'tfds' or 'memory'")
   from make_jax.datasets import loading
 
-  data = config.data
   if jax.process_index() == 0:
     loading.prepare(data.name, data.builder_config, data.data_dir, data.manual_dir)
   inputs.sync('dataset')

@@ -157,8 +157,11 @@ class MetricsWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = self.path.open('a')
     if tensorboard:
-      import tensorflow as tf  # Heavy: only on the process that writes.
-
+      try:
+        import tensorflow as tf  # Heavy: only on the process that writes.
+      except ImportError:  # A machine without TensorFlow: metrics.jsonl only.
+        logging.warning('TensorFlow is not installed: no TensorBoard summaries, %s only', self.path)
+        return
       tf.config.set_visible_devices([], 'GPU')  # Summaries only; leave accelerators to JAX.
       self._tf = tf
       self._tb = tf.summary.create_file_writer(str(self.path.parent / 'tensorboard'))
