@@ -40,7 +40,10 @@ def weighted_cross_entropy(
   logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
   vocab = logits.shape[-1]
   safe = jnp.clip(labels, 0, vocab - 1)
-  ce = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  # The label's log-probability picked by comparison with an iota, not a gather: the same
+  # value, and its gradient is a select rather than a vocabulary-sized scatter.
+  hit = lax.broadcasted_iota(safe.dtype, logp.shape, logp.ndim - 1) == safe[..., None]
+  ce = -jnp.sum(jnp.where(hit, logp, 0.0), axis=-1)
   w = weights.astype(dtype)
   return jnp.sum(w * jnp.where(w != 0, ce, 0.0)), jnp.sum(w)
 

@@ -211,6 +211,26 @@ class MakeModel(nn.Module):
 
   # --- Training forward pass ---------------------------------------------------------------
 
+  @staticmethod
+  def _encode_text(encoder, batch, field, clean, *, train, pack):
+    """(masked, clean) token outputs of `field` ('query' / 'title'); clean is masked when
+    `clean` is False. Without packing both passes are one call over the stacked ids."""
+    ids, mask = batch[f'{field}_ids'], batch[f'{field}_mask']
+    if not clean:
+      out = encoder(ids, mask, train=train, pack=pack)
+      return out, out
+    clean_ids = batch[f'{field}_clean_ids']
+    if pack is not None:
+      return (
+        encoder(ids, mask, train=train, pack=pack),
+        encoder(clean_ids, mask, train=train, pack=pack),
+      )
+    both = encoder(
+      jnp.concatenate([ids, clean_ids]), jnp.concatenate([mask, mask]), train=train
+    )
+    b = ids.shape[0]
+    return both[:b], both[b:]
+
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
     """All outputs of contract 4 for a masked batch of contract 3 (`train/masking.py`).
 
@@ -235,27 +255,25 @@ class MakeModel(nn.Module):
           'by make_jax/train/masking.mask_batch; model.retrieval_from_unmasked needs the '
           'clean ids it emits)'
         )
-    # Masked pass: MLM / MPM inputs.
-    # Packed rows (make_jax/input/packing.py) where the batch carries packing indices.
+    # Masked pass (MLM / MPM inputs) and, with `retrieval_from_unmasked`, the retrieval pass
+    # over the unmasked ids: one encoder call over both halves (twice the batch, half the
+    # kernels; dropout draws one mask for the pair). Packed rows (make_jax/input/packing.py)
+    # where the batch carries packing indices: a call per pass.
     q_pack, t_pack = batch.get('query_pack'), batch.get('title_pack')
-    query = self.query_encoder(batch['query_ids'], batch['query_mask'], train=train, pack=q_pack)
-    title = self.title_encoder(batch['title_ids'], batch['title_mask'], train=train, pack=t_pack)
+    clean = cfg.retrieval_from_unmasked
+    query, query_clean = self._encode_text(
+      self.query_encoder, batch, 'query', clean, train=train, pack=q_pack
+    )
+    title, title_clean = self._encode_text(
+      self.title_encoder, batch, 'title', clean, train=train, pack=t_pack
+    )
     image = None
-    if cfg.product_image:
+    if cfg.product_image:  # The ResNet runs once for both passes.
       image = self.image_encoder(
         batch['image'],
         batch.get('mpm_mask'),
         train=train,
         with_unmasked=cfg.retrieval_from_unmasked,
-      )
-    # Retrieval pass: the unmasked inputs (the ResNet ran once, above).
-    query_clean, title_clean = query, title
-    if cfg.retrieval_from_unmasked:
-      query_clean = self.query_encoder(
-        batch['query_clean_ids'], batch['query_mask'], train=train, pack=q_pack
-      )
-      title_clean = self.title_encoder(
-        batch['title_clean_ids'], batch['title_mask'], train=train, pack=t_pack
       )
     query_emb = l2_normalize(self.query_proj(pool(query_clean, batch['query_mask'], cfg.pooling)))
     if image is None:

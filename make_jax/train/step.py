@@ -24,7 +24,7 @@ from make_jax.losses.memory_bank import MemoryBank, bank_from_config
 from make_jax.losses.total import compute_losses, reduce_gradients
 from make_jax.models.model_config import at_least_float32
 from make_jax.parallel.collectives import global_sum
-from make_jax.train import masking
+from make_jax.train import masking, optimizer
 
 Batch = dict[str, Any]
 
@@ -154,7 +154,7 @@ def make_train_step(
       bank = bank.push(
         jax.lax.stop_gradient(product_emb), batch['log_p'], batch['product_id'], axis_name=axis_name
       )
-    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics['grad_norm'] = optimizer.global_norm(grads)
     # Chosen MLM tokens beyond the head's K slots (left unmasked; see mlm_max_predictions).
     capped = jnp.sum(masked['mlm_query_capped']) + jnp.sum(masked['mlm_title_capped'])
     metrics['mlm_capped_tokens'] = global_sum(capped.astype(jnp.float32), axis_name)
