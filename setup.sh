@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the virtual environment .venv with every pinned dependency.
-# Usage: bash setup.sh [--fresh]     (--fresh deletes .venv first)
+# Usage: bash setup.sh [--fresh] [--gpu]   (--fresh deletes .venv first; --gpu adds the CUDA
+# 13 plugin of the pinned jaxlib, requirements-gpu.txt, for one or more NVIDIA GPUs)
 # As root with apt-get it also installs Debian's chromium + chromium-driver when missing (the
 # page test drives them; MAKE_SKIP_CHROMIUM=1 skips this).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-if [[ "${1:-}" == "--fresh" ]]; then rm -rf .venv; fi
+GPU=0
+for arg in "$@"; do
+  case "$arg" in
+    --fresh) rm -rf .venv ;;
+    --gpu) GPU=1 ;;
+    *) echo "setup.sh: unknown argument $arg (use --fresh, --gpu)" >&2; exit 2 ;;
+  esac
+done
 if [[ ! -x .venv/bin/python ]]; then "$PY" -m venv .venv; fi
 # uv installs the same pinned set as pip (checked: identical `pip freeze`) in about a quarter
 # of the time (59 s against ~240 s for a fresh venv here); pip is the fallback.
@@ -24,6 +32,9 @@ install() {  # install [pip args...]: through uv when it is available, else pip.
 install -r requirements.txt -r requirements-test.txt
 # Declared dependencies of these are not used (see the file's comment).
 install --no-deps -r requirements-nodeps.txt
+if [[ $GPU == 1 ]]; then
+  install -r requirements-gpu.txt
+fi
 .venv/bin/python -c "import jax, flax, tensorflow_datasets, scann, jieba, tokenizers; print('environment ready: jax', jax.__version__)"
 # Headless Chromium for tests/test_page_chromium.py: Debian's packages, never a downloaded build.
 if [[ -z "${MAKE_SKIP_CHROMIUM:-}" ]] && ! { [[ -x /usr/bin/chromium ]] && [[ -x /usr/bin/chromedriver ]]; }; then

@@ -9,12 +9,15 @@ r"""Trains a model: one process, or one of many (SPEC section 6).
 Many hosts: run the same command on every host with --coordinator_address=host0:1234
 --num_processes=N --process_id=i (nothing to pass on one process). A workdir that has
 checkpoints is resumed from the newest one.
+
+On a GPU the XLA flags of make_jax/parallel/backend.py are added to XLA_FLAGS (a flag you
+set yourself keeps your value); compiled steps are kept in --compilation_cache.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from make_jax.parallel import mesh
+from make_jax.parallel import backend, mesh
 from make_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
@@ -33,12 +36,19 @@ _HEARTBEAT = flags.DEFINE_integer(
 _STOP_AT = flags.DEFINE_integer(
   'stop_at', None, 'End after this step (schedules still follow train.num_steps).'
 )
+_CACHE = flags.DEFINE_string(
+  'compilation_cache',
+  '~/.cache/make_jax/jax_compilation_cache',
+  "JAX's persistent compilation cache ('' for none; JAX_COMPILATION_CACHE_DIR wins).",
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  backend.add_gpu_flags()  # Before any backend starts: XLA reads its flags once.
+  backend.enable_compilation_cache(_CACHE.value)
   mesh.initialize_distributed(
     _COORDINATOR.value,
     _NUM_PROCESSES.value,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from make_jax.datasets import clicks, synthetic
+from make_jax.datasets import clicks, synthetic, synthetic_configs
 
 NAME = 'synthetic_products'
 SPLITS = ('catalogue', *clicks.SPLITS)
@@ -68,7 +68,7 @@ class SyntheticInMemory:
 
   Args:
     builder_config: a config name (`en_small`, `en`, `en_n5000`, ...; see
-      `synthetic.spec_for_name`) or a `SyntheticSpec`.
+      `synthetic_configs.spec_for_name`) or a `SyntheticSpec`.
   """
 
   name = NAME
@@ -77,14 +77,14 @@ class SyntheticInMemory:
   def __init__(self, builder_config: str | synthetic.SyntheticSpec = 'en'):
     spec = builder_config
     if isinstance(spec, str):
-      spec = synthetic.spec_for_name(spec or 'en')
+      spec = synthetic_configs.spec_for_name(spec or 'en')
     self.spec = spec
     self.catalogue = synthetic.generate(spec)
     counts = {'catalogue': spec.num_products}
     counts |= {s: len(self.catalogue.pairs[s]['query']) for s in clicks.SPLITS}
     self.info = DatasetInfo(
       splits={s: SplitInfo(s, n) for s, n in counts.items()},
-      metadata=synthetic.metadata(self.catalogue),
+      metadata=synthetic_configs.metadata(self.catalogue),
     )
     self._products: dict[int, dict[str, Any]] = {}
 
@@ -113,7 +113,7 @@ class SyntheticInMemory:
     """Record `index` of `split`, as the TFDS builder stores it."""
     cat = self.catalogue
     if split == 'catalogue':
-      query = {'query': ''} | {k: '' for k in synthetic.INTENT_FEATURES}
+      query = {'query': ''} | {k: '' for k in synthetic_configs.INTENT_FEATURES}
       product = index
     else:
       pairs = cat.pairs[split]

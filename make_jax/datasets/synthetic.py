@@ -25,9 +25,7 @@ attributes are drawn vectorised; titles are built per product and images on dema
 
 import dataclasses
 import io
-import re
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -119,10 +117,6 @@ QUERY_TEMPLATES = (
 )
 # Intent fields of a pair ('' when the query does not name the attribute), for P_rel/P_cate.
 INTENT_FIELDS = ('brand', 'category', 'colour')
-# Which product feature a query intent is judged against (P_rel / P_cate, SPEC 9).
-INTENT_FEATURES = {f'query_{f}': f for f in INTENT_FIELDS}
-# Product attributes whose values count for Keyword Enhancement (SPEC 3).
-ATTRIBUTE_FEATURES = ('brand', 'category', 'colour', 'shape', 'pattern')
 # Word order of a Chinese title/query (brand, adjectives, category), written without spaces.
 _ZH_ORDER = ('brand', 'colour', 'pattern', 'shape', 'category')
 
@@ -334,57 +328,6 @@ def _evaluation_queries(
         evaluation[key] = (split, t, members[u])
     product_split[t] = splits[inverse]
   return product_split, evaluation
-
-
-# The named configs: (language, products, train pairs).
-PREDEFINED = {
-  'en': ('en', 20_000, 200_000),
-  'zh': ('zh', 20_000, 200_000),
-  'en_small': ('en', 1_000, 5_000),
-  'zh_small': ('zh', 1_000, 5_000),
-}
-
-
-def spec_for_name(name: str) -> SyntheticSpec:
-  """The spec of a config name: a predefined one, or `<en|zh>_n<num_products>` (pairs = 10x).
-
-  Raises:
-    ValueError: the name is neither predefined nor of the `<lang>_n<count>` form.
-  """
-  if name in PREDEFINED:
-    language, products, pairs = PREDEFINED[name]
-    return SyntheticSpec(language=language, num_products=products, num_pairs=pairs)
-  m = re.fullmatch(r'(en|zh)_n(\d+)', name)
-  if not m:
-    raise ValueError(
-      f'Unknown synthetic_products config {name!r}: use one of {", ".join(PREDEFINED)} or '
-      '<en|zh>_n<count>'
-    )
-  n = int(m.group(2))
-  return SyntheticSpec(language=m.group(1), num_products=n, num_pairs=10 * n)
-
-
-def metadata(cat: 'Catalogue') -> dict[str, Any]:
-  """The dataset's `info.metadata` (see synthetic_products): counts, query statistics,
-  domain words, which features are intents and attributes."""
-  spec = cat.spec
-  counts = {s: len(cat.pairs[s]['query']) for s in clicks.SPLITS}
-  query_stats = {s: clicks.query_stats(cat.pairs[s]['query']) for s in clicks.SPLITS}
-  clicked = np.bincount(cat.pairs['train']['product_id'], minlength=spec.num_products) > 0
-  return {
-    'spec': dataclasses.asdict(spec),
-    'num_products': spec.num_products,
-    'pairs': counts,
-    'num_queries': {s: query_stats[s]['queries'] for s in clicks.SPLITS},
-    'query_splits': query_stats,
-    'domain_words': domain_words(spec.language),
-    'colour_hidden_titles': int(cat.colour_hidden.sum()),
-    'never_clicked_products': int((~clicked).sum()),
-    'missing_images': 0,
-    'intent_features': INTENT_FEATURES,
-    'attribute_features': list(ATTRIBUTE_FEATURES),
-    'log_p_rule': 'log(train clicks / train pairs); never clicked: log(0.5 / train pairs)',
-  }
 
 
 def domain_words(language: str) -> list[str]:

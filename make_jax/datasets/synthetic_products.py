@@ -26,10 +26,10 @@ import dataclasses
 import tensorflow_datasets as tfds
 from absl import logging
 
-from make_jax.datasets import clicks, features, synthetic
+from make_jax.datasets import clicks, features, synthetic, synthetic_configs
 
-INTENT_FEATURES = synthetic.INTENT_FEATURES
-ATTRIBUTE_FEATURES = synthetic.ATTRIBUTE_FEATURES
+INTENT_FEATURES = synthetic_configs.INTENT_FEATURES
+ATTRIBUTE_FEATURES = synthetic_configs.ATTRIBUTE_FEATURES
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -40,7 +40,7 @@ class SyntheticProductsConfig(tfds.core.BuilderConfig):
 
 
 def _config(name: str) -> SyntheticProductsConfig:
-  spec = synthetic.spec_for_name(name)
+  spec = synthetic_configs.spec_for_name(name)
   return SyntheticProductsConfig(
     name=name,
     description=f'{spec.language}: {spec.num_products} products, {spec.num_pairs} click pairs.',
@@ -69,7 +69,7 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     '2.0.0': 'Validation/test hold every product that satisfies each distinct query; '
     'train holds num_pairs clicks.',
   }
-  BUILDER_CONFIGS = [_config(name) for name in synthetic.PREDEFINED]
+  BUILDER_CONFIGS = [_config(name) for name in synthetic_configs.PREDEFINED]
   DEFAULT_CONFIG_NAME = 'en'
 
   def __init__(self, *, file_format: str | None = 'array_record', **kwargs):
@@ -91,7 +91,7 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download.
     spec = self.builder_config.spec
     cat = synthetic.generate(spec)
-    stats = synthetic.metadata(cat)
+    stats = synthetic_configs.metadata(cat)
     self.info.metadata.update(stats)
     logging.info(
       'synthetic_products/%s: %s',

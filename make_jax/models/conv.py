@@ -24,6 +24,16 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+KERNEL_GRADIENTS = ('auto', 'per_tap', 'xla')
+
+
+def use_per_tap(setting: str) -> bool:
+  """Whether a model with `model.conv_kernel_gradient=setting` uses `conv2d`'s per-tap kernel
+  gradient: 'per_tap' always, 'xla' never, 'auto' on the CPU backend only (where it was
+  measured faster; on a GPU cuDNN's backward-filter convolution is one kernel)."""
+  if setting not in KERNEL_GRADIENTS:
+    raise ValueError(f'model.conv_kernel_gradient={setting!r}; expected one of {KERNEL_GRADIENTS}')
+  return setting == 'per_tap' or (setting == 'auto' and jax.default_backend() == 'cpu')
 
 
 def _conv(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:

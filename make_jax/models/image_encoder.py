@@ -27,8 +27,8 @@ class ImageEncoding(NamedTuple):
     tokens: [B, 1 + R, H] transformer outputs of the (masked, when a mask is given) regions.
     regions: [B, R, H] region features v before masking: the MPM / MPM_R targets.
     unmasked_tokens: [B, 1 + R, H] outputs of the unmasked regions: `tokens` itself when no
-      mask is given, a second transformer pass when one is and `with_unmasked` is set, and
-      None otherwise.
+      mask is given, the second half of one transformer call over both when one is and
+      `with_unmasked` is set, and None otherwise.
   """
 
   tokens: jax.Array
@@ -57,7 +57,8 @@ class ImageEncoder(nn.Module):
       mpm_mask: optional float [B, R]; 1.0 replaces region r's input by the [MASK] vector.
       train: enables dropout.
       with_unmasked: also return the token outputs of the unmasked regions, from the same
-        backbone pass (the ResNet runs once; the transformer twice, with shared weights).
+        backbone pass (the ResNet runs once; the transformer once over the masked and the
+        unmasked regions stacked).
     """
     cfg = self.cfg
     if image.ndim != 4 or image.shape[-1] != 3:
@@ -66,6 +67,7 @@ class ImageEncoder(nn.Module):
       depth=cfg.resnet_depth,
       width=cfg.resnet_width,
       small_stem=cfg.resnet_small_stem,
+      conv_kernel_gradient=cfg.conv_kernel_gradient,
       dtype=cfg.compute_dtype,
       param_dtype=cfg.params_dtype,
       name='resnet',
@@ -107,4 +109,8 @@ class ImageEncoder(nn.Module):
       tokens = encode(v)
       return ImageEncoding(tokens, v, tokens)
     x = jnp.where(mpm_mask[..., None] > 0, mask_vec.astype(v.dtype), v)
-    return ImageEncoding(encode(x), v, encode(v) if with_unmasked else None)
+    if not with_unmasked:
+      return ImageEncoding(encode(x), v, None)
+    # Both passes as one call over twice the batch: half the kernels, the same weights.
+    both = encode(jnp.concatenate([x, v]))
+    return ImageEncoding(both[: v.shape[0]], v, both[v.shape[0] :])

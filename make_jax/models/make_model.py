@@ -225,9 +225,7 @@ class MakeModel(nn.Module):
         encoder(ids, mask, train=train, pack=pack),
         encoder(clean_ids, mask, train=train, pack=pack),
       )
-    both = encoder(
-      jnp.concatenate([ids, clean_ids]), jnp.concatenate([mask, mask]), train=train
-    )
+    both = encoder(jnp.concatenate([ids, clean_ids]), jnp.concatenate([mask, mask]), train=train)
     b = ids.shape[0]
     return both[:b], both[b:]
 

@@ -52,6 +52,7 @@ class ModelConfig:
   resnet_depth: int = 18
   resnet_width: int = 32
   resnet_small_stem: bool = True
+  conv_kernel_gradient: str = 'auto'
   image_grid: int = 4
   image_num_layers: int = 6
   modal_adaptation: bool = True
@@ -77,6 +78,10 @@ class ModelConfig:
       )
     if self.resnet_depth not in _RESNET_DEPTHS:
       raise ValueError(f'model.resnet_depth={self.resnet_depth}; expected one of {_RESNET_DEPTHS}')
+    if self.conv_kernel_gradient not in ('auto', 'per_tap', 'xla'):
+      raise ValueError(
+        f'model.conv_kernel_gradient={self.conv_kernel_gradient!r}; expected auto, per_tap or xla'
+      )
     for name in ('vocab_size', 'num_layers', 'mlp_dim', 'max_position', 'embed_dim', 'image_grid'):
       if getattr(self, name) < 1:
         raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')

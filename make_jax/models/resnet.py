@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from make_jax.models import conv
 from make_jax.models.model_config import at_least_float32
@@ -46,6 +47,7 @@ class _ConvNorm(nn.Module):
   relu: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  per_tap: bool = False  # The kernel gradient as per-tap matmuls (conv.py; faster on CPU).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -58,7 +60,7 @@ class _ConvNorm(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=partitioned(nn.initializers.kaiming_normal(), _CONV_NAMES),
-      conv_general_dilated=conv.conv_general_dilated,  # Faster kernel gradient on CPU.
+      conv_general_dilated=conv.conv_general_dilated if self.per_tap else lax.conv_general_dilated,
       name='conv',
     )(x)
     x = nn.GroupNorm(
@@ -80,10 +82,11 @@ class _Block(nn.Module):
   stride: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  per_tap: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, per_tap=self.per_tap)
     if self.kind == 'basic':
       out_ch = self.width
       h = _ConvNorm(self.width, 3, self.stride, name='a', **kw)(x)
@@ -106,6 +109,8 @@ class ResNet(nn.Module):
   small_stem: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  # 'per_tap' (conv.py's kernel gradient), 'xla' (lax's), 'auto': per_tap on CPU only.
+  conv_kernel_gradient: str = 'auto'
 
   @property
   def out_channels(self) -> int:
@@ -122,7 +127,8 @@ class ResNet(nn.Module):
     if self.depth not in STAGES:
       raise ValueError(f'resnet depth {self.depth}; expected one of {sorted(STAGES)}')
     kind, blocks = STAGES[self.depth]
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    per_tap = conv.use_per_tap(self.conv_kernel_gradient)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, per_tap=per_tap)
     x = images.astype(at_least_float32(self.dtype)) / 255.0
     x = ((x - jnp.asarray(_MEAN)) / jnp.asarray(_STD)).astype(self.dtype)
     if self.small_stem:
