@@ -14,8 +14,9 @@ NVIDIA libraries from the package registry; no GPU):
   /tmp/gpuvenv/bin/pip install "jax-cuda13-plugin[with-cuda]==$(.venv/bin/python -c 'import jaxlib; print(jaxlib.__version__)')"
   /tmp/gpuvenv/bin/python -m benchmarks.gpu_kernels --config=base --batch=256 [--out=/tmp/gpu_kernels]
 
-The convolutions use XLA's kernel gradient (`model.conv_kernel_gradient='xla'`, what
-'auto' picks on a GPU; here the default backend is the CPU). Triton GEMMs are off
+Backend-aware choices (the convolutions' kernel gradient, the global norm) are made as on
+a GPU (`MAKE_JAX_TARGET_PLATFORM=gpu`; here the default backend is the CPU). Triton GEMMs
+are off
 (`--xla_gpu_enable_triton_gemm=false`): without autotuning on a device their tiling fails
 on some dots. About 1-3 minutes of compile for the base step on 2 cores.
 """
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
   if 'xla_gpu_enable_triton_gemm' not in flags:
     os.environ['XLA_FLAGS'] = (flags + ' --xla_gpu_enable_triton_gemm=false').strip()
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+  # Backend-aware choices (conv kernel gradient, global norm) as on a GPU, not this CPU.
+  os.environ['MAKE_JAX_TARGET_PLATFORM'] = 'gpu'
   sys.path.insert(0, os.getcwd())
 
   import jax
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
   config = importlib.import_module(f'configs.{args.config}').get_config()
   config.data.global_batch_size = args.batch
   config.model.dtype = args.dtype
-  config.model.conv_kernel_gradient = 'xla'
   model = build_model(config)
   tokens = step_setup.special_tokens(config.model.vocab_size)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from make_jax.parallel import backend
+
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 KERNEL_GRADIENTS = ('auto', 'per_tap', 'xla')
 
@@ -33,7 +35,7 @@ def use_per_tap(setting: str) -> bool:
   measured faster; on a GPU cuDNN's backward-filter convolution is one kernel)."""
   if setting not in KERNEL_GRADIENTS:
     raise ValueError(f'model.conv_kernel_gradient={setting!r}; expected one of {KERNEL_GRADIENTS}')
-  return setting == 'per_tap' or (setting == 'auto' and jax.default_backend() == 'cpu')
+  return setting == 'per_tap' or (setting == 'auto' and backend.target_platform() == 'cpu')
 
 
 def _conv(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:

@@ -24,7 +24,16 @@ GPU_XLA_FLAGS = (
   # Collectives on a high-priority stream, so compute does not starve them.
   '--xla_gpu_enable_highest_priority_async_stream=true',
 )
+# Names the platform the program is compiled for when it is not the default backend's: a
+# deviceless compile for a GPU on a CPU-only machine (benchmarks/gpu_kernels.py).
+TARGET_ENV = 'MAKE_JAX_TARGET_PLATFORM'
 _GPU_PLUGINS = ('jax_plugins.xla_cuda13', 'jax_plugins.xla_cuda12', 'jax_plugins.xla_rocm7')
+
+
+def target_platform() -> str:
+  """The platform the traced program is for: $MAKE_JAX_TARGET_PLATFORM, else JAX's default
+  backend ('cpu', 'gpu', 'tpu'). Backend-aware choices of the model and the step read it."""
+  return os.environ.get(TARGET_ENV) or jax.default_backend()
 
 
 def gpu_expected(environ: MutableMapping[str, str] = os.environ) -> bool:

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from make_jax.parallel import backend
+
 
 def _schedule(peak: float, warmup_fraction: float, num_steps: int, name: str) -> optax.Schedule:
   if num_steps <= 0:
@@ -73,7 +75,7 @@ def global_norm(tree: Any) -> jax.Array:
   if not leaves:
     return jnp.zeros((), jnp.float32)
   dtype = jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
-  if jax.default_backend() == 'cpu':  # No launch cost there; a concatenation is a copy.
+  if backend.target_platform() == 'cpu':  # No launch cost there; a concatenation is a copy.
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype))) for x in leaves))
   flat = jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
   return jnp.sqrt(jnp.sum(flat * flat))
