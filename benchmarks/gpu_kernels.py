@@ -16,9 +16,8 @@ NVIDIA libraries from the package registry; no GPU):
 
 Backend-aware choices (the convolutions' kernel gradient, the global norm) are made as on
 a GPU (`MAKE_JAX_TARGET_PLATFORM=gpu`; here the default backend is the CPU). Triton GEMMs
-are off
-(`--xla_gpu_enable_triton_gemm=false`): without autotuning on a device their tiling fails
-on some dots. About 1-3 minutes of compile for the base step on 2 cores.
+are off (`--xla_gpu_enable_triton_gemm=false`): without autotuning on a device their
+tiling fails on some dots. About 1-3 minutes of compile for the base step on 2 cores.
 """
 
 import argparse
