@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from make_jax.parallel import collectives
+from make_jax.parallel import backend, collectives
 
 
 def _check(pred, target, mpm_mask, name):
@@ -116,9 +116,13 @@ def mpm_r_loss(
   # Rows that are not masked regions are zeroed (dropped below) so that no row is all -inf:
   # a fully masked logsumexp would put NaN into the gradient even where it is not selected.
   logits = jnp.where(row_w[:, None], logits, 0.0)
-  # Each row's own column picked by an iota comparison (its gradient a select, not a scatter).
-  hit = lax.broadcasted_iota(own.dtype, logits.shape, 1) == own[:, None]
-  pos = jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
+  # Each row's own column: an iota comparison on accelerators (its gradient a select, not a
+  # scatter), a gather on CPU (as in mlm.py).
+  if backend.target_platform() == 'cpu':
+    pos = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
+  else:
+    hit = lax.broadcasted_iota(own.dtype, logits.shape, 1) == own[:, None]
+    pos = jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
   per_region = jnp.where(row_w, jax.nn.logsumexp(logits, axis=1) - pos, 0.0)
   num = jnp.sum(per_region)
   n_mask = collectives.global_sum(jnp.sum(row_w).astype(dtype), axis_name)
