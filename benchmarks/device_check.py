@@ -94,19 +94,13 @@ def environment() -> dict[str, Any]:
 
 def matmul_peak(platform: str) -> dict[str, Any]:
   """FLOP/s of the best of 5 n^3 matmuls (bf16 8192 on an accelerator, float32 1024 on CPU)."""
-  import jax
   import jax.numpy as jnp
 
+  from make_jax.train import flops as flops_lib
+
   n, dtype = (8192, jnp.bfloat16) if platform != 'cpu' else (1024, jnp.float32)
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float('inf')
-  for _ in range(5):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return {'n': n, 'dtype': jnp.dtype(dtype).name, 'tflops': 2 * n**3 / best / 1e12}
+  flops = flops_lib.MatmulProbe(n, repeats=5, dtype=dtype)()
+  return {'n': n, 'dtype': jnp.dtype(dtype).name, 'tflops': flops / 1e12}
 
 
 @dataclasses.dataclass
@@ -122,11 +116,11 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> StepRun:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax.linen import meta
 
   from benchmarks import step_setup
-  from make_jax.models.make_model import build_model, example_batch
+  from make_jax.models.make_model import build_model
   from make_jax.train import optimizer
+  from make_jax.train import state as state_lib
   from make_jax.train import step as train_step
 
   config = importlib.import_module(f'configs.{config_name}').get_config()
@@ -135,11 +129,7 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> StepRun:
     config.model.dtype = dtype
   model = build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
-  example = jax.tree.map(jnp.asarray, example_batch(config, 2))
-  shapes = jax.eval_shape(
-    lambda r: meta.unbox(model.init({'params': r}, example, train=False))['params'],
-    jax.random.key(0),
-  )
+  shapes = jax.eval_shape(state_lib.init_fn(model, tx, config), jax.random.key(0)).params
   rs = np.random.RandomState(0)
 
   def host_init(path, s):

@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> dict:
   sys.path.insert(0, os.getcwd())
 
   import jax
-  import jax.numpy as jnp
-  from flax.linen import meta
   from jax.experimental import topologies
   from jax.sharding import SingleDeviceSharding
 
@@ -57,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
   from make_jax.models.make_model import build_model, example_batch
   from make_jax.train import flops as flops_lib
   from make_jax.train import optimizer
+  from make_jax.train import state as state_lib
   from make_jax.train import step as train_step
 
   try:
@@ -79,14 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
   tokens = step_setup.special_tokens(config.model.vocab_size)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
   step = train_step.make_train_step(model, tx, config, tokens)
-  example = jax.tree.map(jnp.asarray, example_batch(config, 2))
-
-  def make_state(rng):
-    params = meta.unbox(model.init({'params': rng}, example, train=False))['params']
-    return train_step.create_train_state(model, params, tx, config, rng)
-
   abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-  state = jax.tree.map(abstract, jax.eval_shape(make_state, jax.random.key(0)))
+  state = jax.eval_shape(state_lib.init_fn(model, tx, config), jax.random.key(0))
+  state = jax.tree.map(abstract, state)
   raw = example_batch(config, args.batch)
   batch = {k: abstract(v) for k, v in raw.items() if k in step_setup.RAW_KEYS}
   t0 = time.time()

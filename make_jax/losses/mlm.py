@@ -40,15 +40,7 @@ def weighted_cross_entropy(
   logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
   vocab = logits.shape[-1]
   safe = jnp.clip(labels, 0, vocab - 1)
-  # The label's log-probability, the same value either way: on accelerators picked by an
-  # iota comparison (its gradient a select, not a vocabulary-sized scatter kernel); on CPU
-  # by a gather, where the comparison made the base step 0.94x [0.90-0.98] as fast
-  # (benchmarks.bench_model --baseline_rev; gather: 0.98x [0.90-1.03]).
-  if backend.target_platform() == 'cpu':
-    ce = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  else:
-    hit = lax.broadcasted_iota(safe.dtype, logp.shape, logp.ndim - 1) == safe[..., None]
-    ce = -jnp.sum(jnp.where(hit, logp, 0.0), axis=-1)
+  ce = -backend.take_along_last(logp, safe)
   w = weights.astype(dtype)
   return jnp.sum(w * jnp.where(w != 0, ce, 0.0)), jnp.sum(w)
 

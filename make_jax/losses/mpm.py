@@ -116,13 +116,7 @@ def mpm_r_loss(
   # Rows that are not masked regions are zeroed (dropped below) so that no row is all -inf:
   # a fully masked logsumexp would put NaN into the gradient even where it is not selected.
   logits = jnp.where(row_w[:, None], logits, 0.0)
-  # Each row's own column: an iota comparison on accelerators (its gradient a select, not a
-  # scatter), a gather on CPU (as in mlm.py).
-  if backend.target_platform() == 'cpu':
-    pos = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
-  else:
-    hit = lax.broadcasted_iota(own.dtype, logits.shape, 1) == own[:, None]
-    pos = jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
+  pos = backend.take_along_last(logits, own)  # Each row's own column.
   per_region = jnp.where(row_w, jax.nn.logsumexp(logits, axis=1) - pos, 0.0)
   num = jnp.sum(per_region)
   n_mask = collectives.global_sum(jnp.sum(row_w).astype(dtype), axis_name)

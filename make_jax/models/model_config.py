@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from make_jax.models import conv
+
 _RESNET_DEPTHS = (18, 50, 101)
 # Fields of the config's `loss` section that the model reads: the initial values of the
 # temperatures it trains, and whether the QPM temperature trains at all. Every other loss
@@ -78,9 +80,10 @@ class ModelConfig:
       )
     if self.resnet_depth not in _RESNET_DEPTHS:
       raise ValueError(f'model.resnet_depth={self.resnet_depth}; expected one of {_RESNET_DEPTHS}')
-    if self.conv_kernel_gradient not in ('auto', 'per_tap', 'xla'):
+    if self.conv_kernel_gradient not in conv.KERNEL_GRADIENTS:
       raise ValueError(
-        f'model.conv_kernel_gradient={self.conv_kernel_gradient!r}; expected auto, per_tap or xla'
+        f'model.conv_kernel_gradient={self.conv_kernel_gradient!r}; expected one of '
+        f'{conv.KERNEL_GRADIENTS}'
       )
     for name in ('vocab_size', 'num_layers', 'mlp_dim', 'max_position', 'embed_dim', 'image_grid'):
       if getattr(self, name) < 1:

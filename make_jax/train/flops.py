@@ -156,14 +156,15 @@ def model_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 
 class MatmulProbe:
-  """Times an n x n x n float32 matmul: the achievable peak of this machine, right now."""
+  """Times an n x n x n matmul (float32 unless `dtype`): the achievable peak of this
+  machine, right now."""
 
-  def __init__(self, n: int = 2048, repeats: int = 3):
+  def __init__(self, n: int = 2048, repeats: int = 3, dtype: jnp.dtype = jnp.float32):
     self.n = n
     self.repeats = repeats
     key = jax.random.PRNGKey(0)
-    self._a = jax.random.normal(key, (n, n), jnp.float32)
-    self._b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
+    self._a = jax.random.normal(key, (n, n), dtype)
+    self._b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype)
     self._fn = jax.jit(jnp.matmul)
     self._fn(self._a, self._b).block_until_ready()
 
