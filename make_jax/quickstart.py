@@ -201,7 +201,7 @@ def _examples(searcher: search.Searcher, logged: list[str], k: int) -> dict[str,
       out['unlogged'] = searcher.search(query, k)
       break
   for row in range(min(200, len(cat))):
-    attrs = {f: cat.attributes[f][row] for f in cat.restricted_fields}
+    attrs = {f: cat.attributes[f][row] for f in searcher.relevance.fields}
     answer = searcher.search(' '.join(attrs.values()), k)
     if answer.filters:
       out['filtered'] = answer

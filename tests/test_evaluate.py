@@ -54,13 +54,13 @@ def _eval_set():
 
 def test_eval_set_groups_queries_and_keeps_catalogue_targets():
   es = _eval_set()
-  assert es.product_ids.tolist() == [10, 20, 30, 40, 50]
-  assert es.titles[0] == 'Puma Blue Shirt'
+  assert es.catalogue.ids.tolist() == [10, 20, 30, 40, 50]
+  assert es.catalogue.titles[0] == 'Puma Blue Shirt'
   assert es.queries == ['nike shoes', 'red shoes', 'puma']
   assert [t.tolist() for t in es.targets] == [[30, 50], [], [10, 20]]
   assert es.counts['targets_not_in_catalogue'] == 1 and es.counts['queries_without_target'] == 1
   assert es.query_categories() == ['Shoes', 'Shoes', '']
-  assert es.rows_of(np.array([40, 41, 10])).tolist() == [3, -1, 0]
+  assert es.catalogue.rows_of_ids(np.array([40, 41, 10])).tolist() == [3, -1, 0]
 
 
 def test_hand_computed_recall_p_rel_p_cate_with_k_past_the_catalogue():
@@ -206,14 +206,14 @@ def test_single_generation_p_rel_and_p_cate_equal_the_in_training_metrics():
   # p_cate_at_k; with one generation per query the offline judge must agree with them.
   es = _eval_set()
   rows = np.array([[1, 4, 2, 0, 3], [4, 1, 2, 3, 0], [3, 2, 1, 0, 4]])
-  rankings = sources.rankings_of(es.queries, es.product_ids[rows])
+  rankings = sources.rankings_of(es.queries, es.catalogue.ids[rows])
   r = evaluate.evaluate_rankings(es, rankings, ks=(1,), judged_ks=(1, 3, 10), bootstrap_samples=0)
   names = sorted({a for g in es.generations for a, _ in g[0]})
   constraints = {a: [dict(g[0]).get(a, '') for g in es.generations] for a in names}
-  retrieved = {a: es.attributes[a][rows] for a in names}
+  retrieved = {a: es.catalogue.attributes[a][rows] for a in names}
   want_rel = metrics.p_rel_at_k(retrieved, constraints, (1, 3, 10))
   cats = es.query_categories()
-  want_cate = metrics.p_cate_at_k(es.attributes['articleType'][rows], cats, (1, 3, 10))
+  want_cate = metrics.p_cate_at_k(es.catalogue.attributes['articleType'][rows], cats, (1, 3, 10))
   for q, row in enumerate(r['per_query']):
     for j, k in enumerate((1, 3, 10)):
       assert row[f'p_rel@{k}'] == pytest.approx(want_rel[q, j])

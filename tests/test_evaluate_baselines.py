@@ -71,7 +71,7 @@ def test_bm25_equals_the_formula_with_domain_words_and_ties():
   ids, scores = baselines.bm25_rankings(es, 100, domain_words=DOMAIN_WORDS)
   assert ids.shape == (4, 7)  # K past the catalogue: all of it.
   for q, query in enumerate(es.queries):
-    ref = _naive_bm25(query, es.titles, words)
+    ref = _naive_bm25(query, es.catalogue.titles, words)
     np.testing.assert_allclose(scores[q], np.sort(ref)[::-1], rtol=1e-5, atol=1e-6)
   # Products 3 and 7 share a title: equal scores, the lower id first.
   assert ids[1, :2].tolist() == [3, 7] and scores[1, 0] == scores[1, 1]

@@ -74,7 +74,7 @@ def test_embeddings_source_searches_exactly(built, tmp_path):
   rng = np.random.default_rng(0)
   p_emb = rng.normal(size=(es.num_products, 8)).astype(np.float32)
   q_emb = rng.normal(size=(es.num_queries, 8)).astype(np.float32)
-  np.savez(tmp_path / 'p.npz', ids=es.product_ids, embedding=p_emb)
+  np.savez(tmp_path / 'p.npz', ids=es.catalogue.ids, embedding=p_emb)
   qids = sources.query_qids(es.queries, domain_words)
   np.savez(tmp_path / 'q.npz', ids=qids[::-1], embedding=q_emb[::-1])
   rankings, counts = sources.rankings_from_files(
@@ -88,6 +88,6 @@ def test_embeddings_source_searches_exactly(built, tmp_path):
   # Naive reference: full argsort of the float64 scores of each query.
   for q in (0, es.num_queries - 1):
     s = q_emb[q].astype(np.float64) @ p_emb.astype(np.float64).T
-    assert rankings[es.queries[q]] == es.product_ids[np.argsort(-s, kind='stable')[:20]].tolist()
+    assert rankings[es.queries[q]] == es.catalogue.ids[np.argsort(-s, kind='stable')[:20]].tolist()
   with pytest.raises(ValueError, match='either ranked lists or'):
     sources.rankings_from_files(es, ranked='x', product_embeddings='y')

@@ -14,6 +14,7 @@ from PIL import Image
 
 from make_jax.evaluation import example_grid, figures
 from make_jax.evaluation.eval_set import EvalSet
+from make_jax.retrieval.catalogue import Catalogue
 
 # Query -> targets: q0 {1}, q1 {5, 6}, q2 {8}, q3 none (left out of Recall).
 QUERIES = ['red shirt', 'blue jeans', 'green cap', 'pink hat']
@@ -33,9 +34,9 @@ COLOURS = {i: ((37 * i) % 256, (91 * i) % 256, (53 * i + 100) % 256) for i in ra
 def _eval_set() -> EvalSet:
   ids = np.arange(1, 9, dtype=np.int64)
   return EvalSet(
-    product_ids=ids,
-    titles=[f'product {i} a rather long title that will be shortened' for i in ids],
-    attributes={},
+    catalogue=Catalogue(
+      ids, [f'product {i} a rather long title that will be shortened' for i in ids]
+    ),
     queries=list(QUERIES),
     targets=[np.asarray(t, np.int64) for t in TARGETS],
     generations=[(), (), (), ()],

@@ -169,7 +169,7 @@ def test_search_page_in_chromium(browser, service, searcher, tmp_path):  # noqa:
   # A query naming a brand and a category: answered online, both filters shown.
   attrs = searcher.catalogue.attributes
   pairs, counts = np.unique(
-    np.stack([attrs['brand'], attrs['category']], 1), axis=0, return_counts=True
+    np.stack([attrs['brand'], attrs['category']], 1).astype(str), axis=0, return_counts=True
   )
   brand, category = (str(v) for v in pairs[np.argmax(counts)])
   assert counts.max() >= 4

@@ -167,7 +167,7 @@ def test_step0_ranks_the_fashion_test_queries_as_untrained_minilm(tmp_path):
   builder = loading.prepare('fashion_products', config, tmp_path / 'tfds', SHARED_DATA)
   es = eval_set.from_builder(builder, 'test')
   domain_words = list(builder.info.metadata['domain_words'])
-  titles = es.titles[::8]
+  titles = es.catalogue.titles[::8]
   config = bert_import.config_for_checkpoint(
     finetune.get_config(), bert_import.default_checkpoint_dir()
   )

@@ -125,10 +125,10 @@ def test_evaluator_equals_a_naive_reference_without_recompiling(config, text, bu
   uncached = evaluator_lib.RetrievalEvaluator(
     config, text, builder, 'validation', max_queries=10, ks=KS, batch_size=64, image_cache_bytes=0
   )
-  assert not isinstance(uncached.catalogue.images, np.ndarray)
+  assert not isinstance(uncached.featurised.images, np.ndarray)
   for start in (0, 960):  # A full batch and the short last one.
-    want = evaluator.catalogue.batch(start, start + 64)
-    have = uncached.catalogue.batch(start, start + 64)
+    want = evaluator.featurised.batch(start, start + 64)
+    have = uncached.featurised.batch(start, start + 64)
     for k in want:
       np.testing.assert_array_equal(have[k], want[k], err_msg=k)
 

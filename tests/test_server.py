@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 
 from make_jax.datasets import synthetic
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import batch, filters, index, search, server
-from make_jax.serving import catalogue as catalogue_lib
 from make_jax.serving import query_understanding as qu
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -45,12 +45,12 @@ class HashingEncoder:
 @pytest.fixture(scope='module')
 def searcher():
   cat = synthetic.generate(synthetic.SyntheticSpec(num_products=300, num_pairs=300))
-  catalogue = catalogue_lib.Catalogue.from_synthetic(cat)
+  catalogue = catalogue_lib.from_synthetic(cat)
   pre = TextPreprocessor.from_corpus(catalogue.titles, 300)
   rng = np.random.default_rng(0)
   emb = rng.standard_normal((len(catalogue), DIM)).astype(np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  relevance = filters.RelevanceControl(catalogue.restricted_columns())
+  relevance = filters.RelevanceControl.of_catalogue(catalogue)
   table = index.DictTable({pre.qid('cached query'): (np.arange(20), np.linspace(1, 0, 20))})
   return search.Searcher(
     catalogue,

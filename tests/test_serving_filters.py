@@ -12,7 +12,7 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from make_jax.serving import catalogue as catalogue_lib
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import filters, index, query_understanding, search
 from make_jax.text.preprocess import TextPreprocessor
 
@@ -38,8 +38,8 @@ QUERIES = [
 def fashion():
   if not ZIP.exists():
     pytest.skip(f'{ZIP} not found')
-  cat = catalogue_lib.Catalogue.from_fashion_zip(ZIP)
-  return cat, filters.RelevanceControl(cat.restricted_columns())
+  cat = catalogue_lib.from_fashion_zip(ZIP)
+  return cat, filters.RelevanceControl.of_catalogue(cat)
 
 
 def _unit(rng, n, d):
@@ -286,7 +286,7 @@ def test_synthetic_query_intents_are_understood(language):
   cat = synthetic.generate(
     synthetic.SyntheticSpec(language=language, num_products=300, num_pairs=600)
   )
-  rc = filters.RelevanceControl(catalogue_lib.Catalogue.from_synthetic(cat).restricted_columns())
+  rc = filters.RelevanceControl.of_catalogue(catalogue_lib.from_synthetic(cat))
   pairs = cat.pairs['train']
   for i in range(200):
     want = {f: [pairs[f'query_{f}'][i]] for f in ('brand', 'category') if pairs[f'query_{f}'][i]}

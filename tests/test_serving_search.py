@@ -17,7 +17,7 @@ import pytest
 from configs import tiny
 from make_jax.datasets import synthetic
 from make_jax.models import make_model
-from make_jax.serving import catalogue as catalogue_lib
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import encoder as encoder_lib
 from make_jax.serving import filters, index, search
 from make_jax.text.preprocess import TextPreprocessor
@@ -29,7 +29,7 @@ K = 5
 def parts():
   config = tiny.get_config()
   cat = synthetic.generate(synthetic.SyntheticSpec(num_products=400, num_pairs=400))
-  catalogue = catalogue_lib.Catalogue.from_synthetic(cat)
+  catalogue = catalogue_lib.from_synthetic(cat)
   pre = TextPreprocessor.from_corpus(catalogue.titles, 300)
   model = make_model.build_model(config)
   # Only the query tower: `encode_query` creates the parameters it uses.
@@ -44,7 +44,7 @@ def parts():
   rng = np.random.default_rng(0)
   emb = rng.standard_normal((len(catalogue), config.model.embed_dim)).astype(np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  relevance = filters.RelevanceControl(catalogue.restricted_columns())
+  relevance = filters.RelevanceControl.of_catalogue(catalogue)
   filtered = filters.FilteredSearch(index.ExactIndex(emb), emb, relevance.inverted)
   weights = rng.dirichlet([1, 1], len(catalogue)).astype(np.float32)
 

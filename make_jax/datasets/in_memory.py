@@ -79,12 +79,12 @@ class SyntheticInMemory:
     if isinstance(spec, str):
       spec = synthetic_configs.spec_for_name(spec or 'en')
     self.spec = spec
-    self.catalogue = synthetic.generate(spec)
+    self.generated = synthetic.generate(spec)
     counts = {'catalogue': spec.num_products}
-    counts |= {s: len(self.catalogue.pairs[s]['query']) for s in clicks.SPLITS}
+    counts |= {s: len(self.generated.pairs[s]['query']) for s in clicks.SPLITS}
     self.info = DatasetInfo(
       splits={s: SplitInfo(s, n) for s, n in counts.items()},
-      metadata=synthetic_configs.metadata(self.catalogue),
+      metadata=synthetic_configs.metadata(self.generated),
     )
     self._products: dict[int, dict[str, Any]] = {}
 
@@ -106,12 +106,12 @@ class SyntheticInMemory:
   def _product(self, product: int) -> dict[str, Any]:
     cached = self._products.get(product)
     if cached is None:
-      cached = self._products[product] = _as_stored(self.catalogue.product_features(product))
+      cached = self._products[product] = _as_stored(self.generated.product_features(product))
     return cached
 
   def record(self, split: str, index: int) -> dict[str, Any]:
     """Record `index` of `split`, as the TFDS builder stores it."""
-    cat = self.catalogue
+    cat = self.generated
     if split == 'catalogue':
       query = {'query': ''} | {k: '' for k in synthetic_configs.INTENT_FEATURES}
       product = index

@@ -162,8 +162,13 @@ class SyntheticSpec:
 
 
 @dataclasses.dataclass
-class Catalogue:
-  """A generated catalogue and click log. Attribute arrays are indexed by product id."""
+class Generated:
+  """A generated dataset: its products and click log, as the generator drew them.
+
+  Attribute arrays are indexed by product id and hold indices into the attribute tables
+  (`word` gives the text); `retrieval.catalogue.from_synthetic` makes the searchable
+  `Catalogue` of it.
+  """
 
   spec: SyntheticSpec
   attributes: dict[str, np.ndarray]  # name -> int32 [N] index into the name's table.
@@ -222,7 +227,7 @@ def _title(words: dict[str, str], fillers: list[str], language: str, rng) -> str
   return ' '.join([words['brand'], *middle, words['category']])
 
 
-def generate(spec: SyntheticSpec) -> Catalogue:
+def generate(spec: SyntheticSpec) -> Generated:
   """Generates the catalogue (attributes, titles), train clicks and evaluation queries."""
   spec.validate()
   lang = _LANG[spec.language]
@@ -270,7 +275,7 @@ def generate(spec: SyntheticSpec) -> Catalogue:
   for rec in pairs.values():
     rec['product_id'] = np.asarray(rec['product_id'], np.int64)
   log_p = clicks.train_log_p(pairs['train']['product_id'], n)
-  return Catalogue(spec, attributes, colour_hidden, titles, log_p, pairs)
+  return Generated(spec, attributes, colour_hidden, titles, log_p, pairs)
 
 
 def _query(words: dict[str, str], fields: tuple[str, ...], language: str, rng) -> str:
@@ -343,7 +348,7 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def draw_image(cat: Catalogue, product: int) -> np.ndarray:
+def draw_image(cat: Generated, product: int) -> np.ndarray:
   """Draws the product's image: its shape, in its colour and pattern, on cream.
 
   Pixels of the shape that carry the pattern's colour have exactly the RGB of

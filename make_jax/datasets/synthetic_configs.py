@@ -42,7 +42,7 @@ def spec_for_name(name: str) -> synthetic.SyntheticSpec:
   return synthetic.SyntheticSpec(language=m.group(1), num_products=n, num_pairs=10 * n)
 
 
-def metadata(cat: synthetic.Catalogue) -> dict[str, Any]:
+def metadata(cat: synthetic.Generated) -> dict[str, Any]:
   """The dataset's `info.metadata` (see synthetic_products): counts, query statistics,
   domain words, which features are intents and attributes."""
   spec = cat.spec

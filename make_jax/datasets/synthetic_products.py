@@ -100,5 +100,5 @@ class SyntheticProducts(tfds.core.GeneratorBasedBuilder):
     )
     return {s: self._generate_examples(cat, s) for s in ('catalogue', *clicks.SPLITS)}
 
-  def _generate_examples(self, cat: synthetic.Catalogue, split: str):
+  def _generate_examples(self, cat: synthetic.Generated, split: str):
     yield from cat.examples(split)

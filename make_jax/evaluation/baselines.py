@@ -71,7 +71,7 @@ def bm25_rankings(
 
   words = word_splitter(domain_words)
   retriever = bm25s.BM25(k1=k1, b=b, method='lucene')
-  retriever.index([words(t) for t in eval_set.titles], show_progress=False)
+  retriever.index([words(t) for t in eval_set.catalogue.titles], show_progress=False)
   ids, scores = [], []
   for start in range(0, eval_set.num_queries, chunk):
     block = np.zeros((len(eval_set.queries[start : start + chunk]), eval_set.num_products))
@@ -79,7 +79,7 @@ def bm25_rankings(
       token_ids = retriever.get_tokens_ids(words(query))
       if token_ids:
         block[i] = retriever.get_scores_from_ids(token_ids)
-    r_ids, r_scores = _rank(block, eval_set.product_ids, k)
+    r_ids, r_scores = _rank(block, eval_set.catalogue.ids, k)
     ids.append(r_ids)
     scores.append(r_scores)
   return np.concatenate(ids), np.concatenate(scores)
@@ -197,10 +197,10 @@ def minilm_rankings(
 ) -> Ranking:
   """Untrained all-MiniLM-L6-v2, query vs title cosine: (ids, scores) [Q, min(k, N)]."""
   model = model or MiniLM()
-  products = model(eval_set.titles)
+  products = model(eval_set.catalogue.titles)
   queries = model(eval_set.queries)
   ids, scores, _ = sources.search_embeddings(
-    eval_set, queries, eval_set.product_ids, products, k, chunk=chunk
+    eval_set, queries, eval_set.catalogue.ids, products, k, chunk=chunk
   )
   return ids, scores
 

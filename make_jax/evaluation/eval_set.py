@@ -7,8 +7,9 @@ same records for in-training search but featurises them for a model.
 
 What an `EvalSet` holds (built from a TFDS builder with `from_builder`, or from plain
 record dicts with `from_records`, which the tests use):
-- the catalogue: every product id once, sorted (the tie rule of `retrieval/topk.py`
-  ranks equal scores by lower product id), its title and its attribute values;
+- the catalogue (`retrieval.catalogue.Catalogue`): every product id once, rows sorted by
+  id (the tie rule of `retrieval/topk.py` ranks equal scores by lower product id), its
+  title and its attribute values;
 - the queries of the split, grouped by query text (the fashion builder writes one word
   order per query key), in order of first appearance; a query's targets are the product
   ids of all its records that the catalogue holds (a query without any is kept and left
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from make_jax.input import reading
+from make_jax.retrieval import catalogue as catalogue_lib
 
 Generation = tuple[tuple[str, str], ...]  # ((product attribute, wanted value), ...), sorted.
 
@@ -45,9 +47,8 @@ class EvalSet:
   """A split's queries with complete target sets, against the whole catalogue.
 
   Attributes:
-    product_ids: int64 [N], ascending, unique.
-    titles: [N] product titles, in `product_ids` order.
-    attributes: product attribute -> object [N] of values (text), same order.
+    catalogue: the products, rows in ascending product id; its attributes are the judged
+      ones (and those the dataset lists for reports).
     queries: [Q] query texts, distinct.
     targets: [Q] int64 arrays of target product ids in the catalogue, ascending.
     generations: [Q] tuples of the query's distinct constraint sets (see module docstring).
@@ -56,9 +57,7 @@ class EvalSet:
     counts: what was skipped or dropped while reading, by reason.
   """
 
-  product_ids: np.ndarray
-  titles: list[str]
-  attributes: dict[str, np.ndarray]
+  catalogue: catalogue_lib.Catalogue
   queries: list[str]
   targets: list[np.ndarray]
   generations: list[tuple[Generation, ...]]
@@ -67,19 +66,11 @@ class EvalSet:
 
   @property
   def num_products(self) -> int:
-    return len(self.product_ids)
+    return len(self.catalogue)
 
   @property
   def num_queries(self) -> int:
     return len(self.queries)
-
-  def rows_of(self, product_ids: np.ndarray) -> np.ndarray:
-    """Catalogue rows of product ids (same shape); -1 where the catalogue lacks the id."""
-    ids = np.asarray(product_ids, np.int64)
-    pos = np.searchsorted(self.product_ids, ids)
-    pos = np.minimum(pos, max(self.num_products - 1, 0))
-    found = self.product_ids[pos] == ids if self.num_products else np.zeros(ids.shape, bool)
-    return np.where(found, pos, -1)
 
   def query_categories(self) -> list[str]:
     """[Q] each query's category intent: the one value its generations name, else ''.
@@ -125,11 +116,12 @@ def from_records(
     rows[pid] = (_text(record['title']), [_text(record.get(a, '')) for a in judged])
   if not rows:
     raise ValueError('The catalogue is empty')
-  ids = np.asarray(sorted(rows), np.int64)
-  titles = [rows[i][0] for i in ids.tolist()]
-  attributes = {
-    a: np.asarray([rows[i][1][j] for i in ids.tolist()], dtype=object) for j, a in enumerate(judged)
-  }
+  ids = sorted(rows)
+  catalogue = catalogue_lib.Catalogue(
+    ids=np.asarray(ids, np.int64),
+    titles=[rows[i][0] for i in ids],
+    attributes={a: [rows[i][1][j] for i in ids] for j, a in enumerate(judged)},
+  )
 
   groups: dict[str, tuple[set[int], dict[Generation, None]]] = {}
   for record in query_records:
@@ -155,9 +147,7 @@ def from_records(
     targets_out.append(np.asarray(kept, np.int64))
   counts['queries_without_target'] = sum(not len(t) for t in targets_out)
   return EvalSet(
-    product_ids=ids,
-    titles=titles,
-    attributes=attributes,
+    catalogue=catalogue,
     queries=list(groups),
     targets=targets_out,
     generations=[tuple(g for g in gens if g) for _, gens in groups.values()],

@@ -73,7 +73,7 @@ def _rows_matrix(
   ids = np.full((len(lists), width), -1, np.int64)
   for i, x in enumerate(lists):
     ids[i, : len(x)] = x
-  rows = eval_set.rows_of(ids)
+  rows = eval_set.catalogue.rows_of_ids(ids)
   rows[ids < 0] = -1
   counts['unknown_product_ids'] = int(((rows < 0) & (ids >= 0)).sum())
   return ids, rows, counts
@@ -95,7 +95,7 @@ def relevance(eval_set: EvalSet, rows: np.ndarray) -> np.ndarray:
   out = np.zeros(rows.shape, np.float64)
   norm = {
     a: np.asarray([_norm(v) for v in vals] + [''], object)
-    for a, vals in eval_set.attributes.items()
+    for a, vals in eval_set.catalogue.attributes.items()
   }
   for q, gens in enumerate(eval_set.generations):
     if not gens:
@@ -159,7 +159,7 @@ def evaluate_rankings(
     rel = relevance(eval_set, rows_k)
     applies = np.asarray([bool(g) for g in eval_set.generations])
     per_query['p_rel'] = _mean_at(np.nan_to_num(rel), applies, judged_ok, n)
-    got = eval_set.attributes.get(eval_set.category_attribute)
+    got = eval_set.catalogue.attributes.get(eval_set.category_attribute)
     if got is not None:
       cats = [_norm(c) for c in eval_set.query_categories()]
       table = np.asarray([_norm(v) for v in got] + [''], object)  # Row -1 reads ''.

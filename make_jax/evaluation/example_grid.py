@@ -74,8 +74,8 @@ def decode(data: bytes | None) -> np.ndarray | None:
 
 
 def _title(eval_set: EvalSet, pid: int, hit: bool) -> str:
-  row = eval_set.rows_of(np.asarray([pid]))[0]
-  title = eval_set.titles[row] if row >= 0 else f'id {pid} (not in catalogue)'
+  row = eval_set.catalogue.rows_of_ids(np.asarray([pid]))[0]
+  title = eval_set.catalogue.titles[row] if row >= 0 else f'id {pid} (not in catalogue)'
   return ('✓ ' if hit else '') + textwrap.fill(textwrap.shorten(title, 44, placeholder='…'), 22)
 
 

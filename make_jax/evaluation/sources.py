@@ -164,7 +164,7 @@ def search_embeddings(
       f'product embeddings {product_emb.shape} vs ids {product_ids.shape} and '
       f'query embeddings {query_emb.shape}'
     )
-  known = eval_set.rows_of(product_ids) >= 0
+  known = eval_set.catalogue.rows_of_ids(product_ids) >= 0
   counts = {
     'embedded_products_not_in_catalogue': int((~known).sum()),
     'catalogue_products_without_embedding': int(

@@ -51,6 +51,7 @@ from jax.experimental import multihost_utils
 
 from make_jax.input import reading
 from make_jax.input.featurize import SkipRecord, decode_image, make_featurizer
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import metrics as metrics_lib
 from make_jax.retrieval import topk
 from make_jax.retrieval import tower as tower_lib
@@ -61,16 +62,15 @@ class FeaturisedCatalogue:
   """The catalogue as the evaluator searches it: rows sorted by product id, featurised by
   the training featuriser. Evaluators of several runs may share one (`catalogue_cache`)."""
 
-  product_ids: np.ndarray  # int64 [N], sorted.
+  catalogue: catalogue_lib.Catalogue  # Ids (sorted), titles and the judged attributes.
   features: dict[str, np.ndarray]  # title_ids, title_mask, image_missing: [N, ...].
   images: np.ndarray | list[bytes]  # Decoded uint8 [N, s, s, 3], or the encoded bytes.
   image_size: int
-  attributes: dict[str, np.ndarray]  # Judged attribute -> object [N] of strings.
   skipped: collections.Counter  # Records left out, by reason.
 
   @property
   def num_products(self) -> int:
-    return len(self.product_ids)
+    return len(self.catalogue)
 
   def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
     """The product tower's inputs of rows [start, stop) (images decoded if stored encoded)."""
@@ -123,18 +123,23 @@ def featurise_catalogue(
     seen.add(pid)
     for k in ('title_ids', 'title_mask', 'image_missing', 'product_id'):
       rows[k].append(ex[k])
+    rows['title'].append(_text(record['title']))
     rows['image'].append(ex['image'] if cache else record['image'])
     for name in judged:
       rows[f'attr:{name}'].append(_text(record[name]))
   if not seen:
     raise ValueError(f'No usable product in the catalogue (skipped: {dict(skipped)})')
   order = np.argsort(np.asarray(rows['product_id']), kind='stable')
+  catalogue = catalogue_lib.Catalogue(
+    ids=rows['product_id'],
+    titles=rows['title'],
+    attributes={name: rows[f'attr:{name}'] for name in judged},
+  )
   return FeaturisedCatalogue(
-    product_ids=np.asarray(rows['product_id'], np.int64)[order],
+    catalogue=catalogue.take(order),
     features={k: np.stack(rows[k])[order] for k in ('title_ids', 'title_mask', 'image_missing')},
     images=np.stack(rows['image'])[order] if cache else [rows['image'][i] for i in order],
     image_size=size,
-    attributes={name: np.asarray(rows[f'attr:{name}'], dtype=object)[order] for name in judged},
     skipped=skipped,
   )
 
@@ -219,7 +224,7 @@ class RetrievalEvaluator:
       )
       if catalogue_cache is not None:
         catalogue_cache[catalogue_key] = cached
-    self.catalogue: FeaturisedCatalogue = cached
+    self.featurised: FeaturisedCatalogue = cached
     self._load_queries(config, text, reading.undecoded_source(builder, split), intents, max_queries)
     self.k_max = min(max(self.ks), self.num_products)
     chunk = min(search_chunk, math.ceil(self.num_products / batch_size) * batch_size)
@@ -231,19 +236,19 @@ class RetrievalEvaluator:
 
   @property
   def product_ids(self) -> np.ndarray:
-    return self.catalogue.product_ids
+    return self.featurised.catalogue.ids
 
   @property
   def products(self) -> dict[str, np.ndarray]:
-    return self.catalogue.features
+    return self.featurised.features
 
   @property
   def num_products(self) -> int:
-    return self.catalogue.num_products
+    return self.featurised.num_products
 
   @property
   def skipped(self) -> collections.Counter:
-    return self.catalogue.skipped
+    return self.featurised.skipped
 
   def _load_queries(self, config, text, source, intents, max_queries):
     groups: dict[int, dict[str, Any]] = {}
@@ -305,7 +310,7 @@ class RetrievalEvaluator:
     tower = self._tower(model, 'product')
     params = tower.place(to_one_device(params, self.device))
     out = [
-      tower.on_device(self.catalogue.batch(start, start + self.batch_size), params)[0]
+      tower.on_device(self.featurised.batch(start, start + self.batch_size), params)[0]
       for start in range(0, self.num_products, self.batch_size)
     ]
     emb = jnp.concatenate(out)
@@ -333,7 +338,7 @@ class RetrievalEvaluator:
     """The metrics dict of retrieved catalogue rows [Q, k_max] (best first)."""
     per_query = {'recall': metrics_lib.recall_at_k(self.product_ids[rows], self.targets, self.ks)}
     if self._constraints:
-      retrieved = {name: v[rows] for name, v in self.catalogue.attributes.items()}
+      retrieved = {name: v[rows] for name, v in self.featurised.catalogue.attributes.items()}
       per_query['p_rel'] = metrics_lib.p_rel_at_k(retrieved, self._constraints, self.ks)
       if self._category:
         per_query['p_cate'] = metrics_lib.p_cate_at_k(

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import topk
 from make_jax.serving import index as index_lib
 from make_jax.serving import query_understanding as qu
@@ -276,8 +277,15 @@ class RelevanceControl:
 
   def __init__(self, columns: Mapping[str, Sequence[str]]):
     """columns: restricted field -> value of every catalogue row."""
+    self.fields = tuple(columns)
     self.inverted = InvertedIndex(columns)
     self.vocabulary = qu.AttributeVocabulary(self.inverted.value_counts(), self.inverted.consistent)
+
+  @classmethod
+  def of_catalogue(cls, catalogue: catalogue_lib.Catalogue) -> 'RelevanceControl':
+    """Over the catalogue's restricted fields (`query_understanding.restricted_fields`)."""
+    fields = qu.restricted_fields(catalogue.dataset, catalogue.attributes)
+    return cls({f: catalogue.attributes[f] for f in fields})
 
   def understand(self, query: str, normalized: str | None = None) -> tuple[Filter, list[qu.Match]]:
     """The filter a query's restricted terms ask for, and the matches that made it.

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import topk
 from make_jax.text import qid as qid_lib
 
@@ -54,19 +55,6 @@ class QueryTable(Protocol):
     words: the query's words (`TextPreprocessor.words`), in any order.
     """
     ...
-
-
-def rows_of_ids(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
-  """Row of each of `ids` (int64, -1 where absent) by binary search.
-
-  sorted_ids: the rows' product ids sorted; order: `np.argsort` of the rows' ids (so
-  `sorted_ids = row_ids[order]`).
-  """
-  ids = np.asarray(ids, np.int64)
-  if not len(sorted_ids):
-    return np.full(ids.shape, -1, np.int64)
-  pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-  return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
 
 
 class ExactIndex:
@@ -178,7 +166,7 @@ class RowIndex:
 
   def rows_of(self, ids: np.ndarray) -> np.ndarray:
     """Row of each product id (-1 where it is not one of the rows)."""
-    return rows_of_ids(self._sorted, self._order, ids)
+    return catalogue_lib.rows_of_ids(self._sorted, self._order, ids)
 
   def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     queries = np.asarray(queries, np.float32)

@@ -47,6 +47,16 @@ RESTRICTED_FIELDS = {
   ),
   'synthetic_products': ('brand', 'category'),
 }
+DEFAULT_RESTRICTED_FIELDS = ('brand', 'category')  # A dataset not listed above.
+
+
+def restricted_fields(dataset: str, available: Iterable[str]) -> tuple[str, ...]:
+  """The fields relevance control filters on: the dataset's that the catalogue has."""
+  available = set(available)
+  fields = RESTRICTED_FIELDS.get(dataset, DEFAULT_RESTRICTED_FIELDS)
+  return tuple(f for f in fields if f in available)
+
+
 # Synonyms: key of a query phrase -> key of the catalogue value it means. Keys, so the
 # plural and spelling rules above apply to both sides ('tees' -> 'tee' -> 'tshirt').
 SYNONYMS = {

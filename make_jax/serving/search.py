@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from make_jax.serving import catalogue as catalogue_lib
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import filters
 from make_jax.serving import index as index_lib
 from make_jax.text import preprocess

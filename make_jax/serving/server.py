@@ -187,7 +187,7 @@ def create_app(
       'table_bad_shards': table['bad_shards'],
       'products': len(searcher.catalogue),
       'dataset': searcher.catalogue.dataset,
-      'restricted_fields': list(searcher.catalogue.restricted_fields),
+      'restricted_fields': list(searcher.relevance.fields),
       'table': searcher.table is not None,
       'online_encoder': searcher.encoder is not None,
       'relevance_mode': searcher.relevance_mode,

@@ -32,8 +32,8 @@ from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
 from make_jax.input import featurize
 from make_jax.models import make_model
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import tower as tower_lib
-from make_jax.serving import catalogue as catalogue_lib
 from make_jax.serving import encoder as encoder_lib
 from make_jax.serving import filters, search
 from make_jax.serving import index as index_lib
@@ -47,10 +47,10 @@ def catalogue_for_config(
   """The catalogue of `config.data` (fashion zip from manual_dir, or generated synthetic)."""
   if config.data.name == 'fashion_products':
     path = pathlib.Path(config.data.manual_dir) / fashion_builder.ARCHIVE
-    return catalogue_lib.Catalogue.from_fashion_zip(path, limit=limit)
+    return catalogue_lib.from_fashion_zip(path, limit=limit)
   if config.data.name == 'synthetic_products':
     spec = synthetic_products.config_for_name(config.data.builder_config).spec
-    cat = catalogue_lib.Catalogue.from_synthetic(synthetic.generate(spec))
+    cat = catalogue_lib.from_synthetic(synthetic.generate(spec))
     return cat if limit is None else cat.take(np.arange(min(limit, len(cat))))
   raise ValueError(f'no catalogue reader for dataset {config.data.name!r}')
 
@@ -178,7 +178,7 @@ def build_searcher(
   relevance_mode: how filtered lists are completed (`filters.MODES`; a search may ask
   for the other).
   """
-  relevance = filters.RelevanceControl(catalogue.restricted_columns())
+  relevance = filters.RelevanceControl.of_catalogue(catalogue)
   filtered = filters.FilteredSearch(
     index or index_lib.ExactIndex(embeddings), embeddings, relevance.inverted
   )
