@@ -18,7 +18,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from make_jax.serving import filters, scann_index
+from make_jax.serving import ann, filters
 
 _ROWS = flags.DEFINE_integer('num_rows', 100_000, 'Catalogue size N.')
 _DIM = flags.DEFINE_integer('dim', 64, 'Embedding dimension d.')
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
   queries = _unit(rng, _QUERIES.value, d)
   start = time.perf_counter()
   leaves = int(np.sqrt(n))
-  index = scann_index.ScannIndex.build(
+  index = ann.ScannIndex.build(
     emb, num_leaves=leaves, leaves_to_search=max(1, int(_LEAVES.value * leaves))
   )
   print(

@@ -180,7 +180,7 @@ def bench_scann(db, queries, truth, k, tune_queries):
   """
   import scann  # noqa: F401  (imported before the timings: it loads TensorFlow's ops)
 
-  from make_jax.export import index as index_lib
+  from make_jax.export import scann_index as index_lib
 
   ids = np.arange(len(db), dtype=np.int64)
   results = {}

@@ -33,7 +33,7 @@ def bench_pipelines(work: str, table_queries: int) -> dict:
   from configs import tiny
   from make_jax.datasets import loading
   from make_jax.export import embed, model_handler, query_table, querylog
-  from make_jax.export import index as index_lib
+  from make_jax.export import scann_index as index_lib
   from make_jax.text import vocab as vocab_lib
   from make_jax.text.preprocess import TextPreprocessor
 

@@ -137,7 +137,7 @@ def _serve(config, num_products, table_queries, online_queries, table_k, enc_kwa
 
 def _demo(config, num_products, table_queries, online_queries, table_k, enc_kwargs, start):
   """(demo searcher with a DictTable of the table queries, entries, online queries, build s)."""
-  from make_jax.serving import index, search, service
+  from make_jax.serving import search, service, table
 
   demo = service.demo_searcher(config, num_products, **enc_kwargs)
   built = time.perf_counter() - start
@@ -152,7 +152,7 @@ def _demo(config, num_products, table_queries, online_queries, table_k, enc_kwar
     demo.filtered,
     demo.relevance,
     encoder=demo.encoder,
-    table=index.DictTable(entries),
+    table=table.DictTable(entries),
     modal_weights=demo.modal_weights,
   )
   online = [q for q in online_queries if demo.preprocessor.qid(q) not in entries]

@@ -33,8 +33,8 @@ import ml_collections
 from make_jax import atomic_file, rundir
 from make_jax.datasets import loading
 from make_jax.export import embed, model_handler, query_table
-from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
+from make_jax.export import scann_index as export_index
 from make_jax.input import reading
 from make_jax.serving import search, service
 from make_jax.text import vocab as vocab_lib

@@ -7,8 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
+from make_jax.export import scann_index as index_lib
 from make_jax.retrieval import topk
 
 EXPORT = {'checkpoint_step': 7, 'config_fingerprint': 'abc123', 'source': {'split': 'x'}}

@@ -10,9 +10,9 @@ import tensorflow_datasets as tfds
 
 from configs import tiny
 from make_jax.datasets import loading
-from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
 from make_jax.export import model_handler, query_table, querylog
+from make_jax.export import scann_index as index_lib
 from make_jax.models import make_model
 from make_jax.text import build_vocab, save_vocab
 from make_jax.text import vocab as vocab_lib

@@ -20,8 +20,9 @@ import uvicorn
 
 from make_jax.datasets import synthetic
 from make_jax.retrieval import catalogue as catalogue_lib
-from make_jax.serving import batch, filters, index, search, server
+from make_jax.serving import ann, batch, filters, search, server
 from make_jax.serving import query_understanding as qu
+from make_jax.serving import table as table_lib
 from make_jax.text.preprocess import TextPreprocessor
 
 DIM = 16
@@ -51,11 +52,11 @@ def searcher():
   emb = rng.standard_normal((len(catalogue), DIM)).astype(np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   relevance = filters.RelevanceControl.of_catalogue(catalogue)
-  table = index.DictTable({pre.qid('cached query'): (np.arange(20), np.linspace(1, 0, 20))})
+  table = table_lib.DictTable({pre.qid('cached query'): (np.arange(20), np.linspace(1, 0, 20))})
   return search.Searcher(
     catalogue,
     pre,
-    filters.FilteredSearch(index.ExactIndex(emb), emb, relevance.inverted),
+    filters.FilteredSearch(ann.ExactIndex(emb), emb, relevance.inverted),
     relevance,
     encoder=HashingEncoder(),
     table=table,

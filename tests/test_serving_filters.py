@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from make_jax.retrieval import catalogue as catalogue_lib
-from make_jax.serving import filters, index, query_understanding, search
+from make_jax.serving import ann as ann_lib
+from make_jax.serving import filters, query_understanding, search
 from make_jax.text.preprocess import TextPreprocessor
 
 ZIP = pathlib.Path(__file__).resolve().parents[2] / 'shared/data/fashion-product-images-small.zip'
@@ -129,7 +130,7 @@ def test_filtered_search_equals_exact_filtered_search(fashion, exact_max_rows):
   rng = np.random.default_rng(0)
   emb = _unit(rng, len(cat), 32)
   search = filters.FilteredSearch(
-    index.ExactIndex(emb), emb, rc.inverted, exact_max_rows=exact_max_rows
+    ann_lib.ExactIndex(emb), emb, rc.inverted, exact_max_rows=exact_max_rows
   )
   want_strategy = 'overfetch' if exact_max_rows == 0 else 'exact_subset'
   for i, text in enumerate(QUERIES):
@@ -153,7 +154,7 @@ def test_backfill_is_k_long_with_the_strict_answer_first(fashion, exact_max_rows
   cat, rc = fashion
   emb = _unit(np.random.default_rng(0), len(cat), 32)
   search = filters.FilteredSearch(
-    index.ExactIndex(emb), emb, rc.inverted, exact_max_rows=exact_max_rows
+    ann_lib.ExactIndex(emb), emb, rc.inverted, exact_max_rows=exact_max_rows
   )
   narrow = [
     [('baseColour', 'Lime Green')],  # 6 products.
@@ -203,7 +204,7 @@ def test_backfill_holds_the_whole_small_catalogue(short_index):
   rows than asked is completed by exact scoring of the rows outside the filter."""
   inv = filters.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'b', 'c']})
   emb = _unit(np.random.default_rng(0), 6, 4)
-  ann = index.ExactIndex(emb)
+  ann = ann_lib.ExactIndex(emb)
   search = filters.FilteredSearch(_ShortIndex(ann) if short_index else ann, emb, inv)
   q = _unit(np.random.default_rng(1), 1, 4)[0]
   filt = filters.Filter.from_pairs([('brand', 'a')])
@@ -223,7 +224,7 @@ def test_backfill_holds_the_whole_small_catalogue(short_index):
 def test_unfiltered_query_is_the_index_top_k(fashion):
   cat, rc = fashion
   emb = _unit(np.random.default_rng(0), len(cat), 16)
-  exact = index.ExactIndex(emb)
+  exact = ann_lib.ExactIndex(emb)
   search = filters.FilteredSearch(exact, emb, rc.inverted)
   q = emb[5]
   got = search.search(q, filters.Filter(), 7)
@@ -235,7 +236,7 @@ def test_unfiltered_query_is_the_index_top_k(fashion):
 def test_table_results_are_filtered_in_rank_order():
   inv = filters.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'a']})
   emb = np.eye(5, dtype=np.float32)
-  search = filters.FilteredSearch(index.ExactIndex(emb), emb, inv)
+  search = filters.FilteredSearch(ann_lib.ExactIndex(emb), emb, inv)
   ranked = np.array([4, 3, 2, 1, 0])
   got = search.filter_ranked(
     ranked, np.linspace(1, 0, 5), filters.Filter.from_pairs([('brand', 'a')]), 2
@@ -248,14 +249,13 @@ def test_table_results_are_filtered_in_rank_order():
 def test_scann_overfetch_recall_at_10(fashion):
   """Filtered over-fetch through a real ScaNN index keeps recall@10 >= 0.99."""
   pytest.importorskip('scann')
-  from make_jax.serving import scann_index
 
   cat, rc = fashion
   emb = _unit(np.random.default_rng(0), len(cat), 32)
   # Random vectors have no clusters for the tree to exploit, so every leaf is searched;
   # the asymmetric hashing and the exact re-ranking stay approximate-then-exact as served.
   leaves = 100
-  ann = scann_index.ScannIndex.build(emb, num_leaves=leaves, leaves_to_search=leaves)
+  ann = ann_lib.ScannIndex.build(emb, num_leaves=leaves, leaves_to_search=leaves)
   search = filters.FilteredSearch(ann, emb, rc.inverted, exact_max_rows=0)
   hits = total = 0
   for i, text in enumerate(QUERIES):
@@ -305,7 +305,7 @@ def test_http_branded_query_on_fashion_satisfies_its_filter(fashion):
   searcher = search.Searcher(
     cat,
     pre,
-    filters.FilteredSearch(index.ExactIndex(emb), emb, rc.inverted),
+    filters.FilteredSearch(ann_lib.ExactIndex(emb), emb, rc.inverted),
     rc,
     encoder=HashingEncoder(),
   )

@@ -18,8 +18,9 @@ from configs import tiny
 from make_jax.datasets import synthetic
 from make_jax.models import make_model
 from make_jax.retrieval import catalogue as catalogue_lib
+from make_jax.serving import ann, filters, search
 from make_jax.serving import encoder as encoder_lib
-from make_jax.serving import filters, index, search
+from make_jax.serving import table as table_lib
 from make_jax.text.preprocess import TextPreprocessor
 
 K = 5
@@ -45,7 +46,7 @@ def parts():
   emb = rng.standard_normal((len(catalogue), config.model.embed_dim)).astype(np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   relevance = filters.RelevanceControl.of_catalogue(catalogue)
-  filtered = filters.FilteredSearch(index.ExactIndex(emb), emb, relevance.inverted)
+  filtered = filters.FilteredSearch(ann.ExactIndex(emb), emb, relevance.inverted)
   weights = rng.dirichlet([1, 1], len(catalogue)).astype(np.float32)
 
   def reference(text):
@@ -149,7 +150,7 @@ def test_table_path_serves_hits_in_order_and_filters_them(parts):
   brand = cat.attributes['brand'][3]
   ids = np.array([3, 99999, 10, 11, 12, 13, 14, 15], np.int64)  # 99999: not in the catalogue.
   scores = np.linspace(1, 0.3, len(ids)).astype(np.float32)
-  table = index.DictTable(
+  table = table_lib.DictTable(
     {pre.qid('some cached query'): (ids, scores), pre.qid(brand): (ids, scores)}
   )
   s = parts['searcher'](table)
@@ -167,7 +168,7 @@ def test_table_path_serves_hits_in_order_and_filters_them(parts):
 def test_table_row_shorter_than_k(parts):
   """Strict serves a short table row as it is; backfill answers online, k long."""
   pre = parts['pre']
-  table = index.DictTable({pre.qid('short cached query'): (np.arange(3), np.ones(3))})
+  table = table_lib.DictTable({pre.qid('short cached query'): (np.arange(3), np.ones(3))})
   strict = parts['searcher'](table, relevance_mode=filters.STRICT).search('short cached query', K)
   assert strict.path == 'table' and strict.filters == {}
   assert [r.product_id for r in strict.results] == [0, 1, 2]
@@ -192,7 +193,7 @@ def test_a_query_is_prepared_once_and_looked_up_once(parts, monkeypatch):
   """The query's words are computed once (`TextPreprocessor.query`) and carried to every
   stage: one normalisation per query, one table lookup per query in a batch too."""
   pre = parts['pre']
-  table = index.DictTable({pre.qid('some cached query'): (np.arange(8), np.ones(8))})
+  table = table_lib.DictTable({pre.qid('some cached query'): (np.arange(8), np.ones(8))})
   s = parts['searcher'](table)
   texts = ['cached query some', 'vintage red dress', 'soft light premium hat']
   for text in texts:

@@ -23,10 +23,10 @@ from configs import tiny
 from make_jax import rundir
 from make_jax.datasets import loading
 from make_jax.export import embed, model_handler, query_table, querylog
-from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
+from make_jax.export import scann_index as export_index
 from make_jax.models import make_model
-from make_jax.serving import filters, index, service
+from make_jax.serving import ann, filters, service
 from make_jax.train import inputs
 
 K = 5
@@ -184,18 +184,18 @@ def test_row_index_maps_product_ids_to_rows():
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   ids = rng.permutation(1000)[:50].astype(np.int64)  # Rows in no id order.
   built = export_index.build(emb, ids, {}, export_index.configure(50, k=10))
-  rows = index.RowIndex(built, ids)
+  rows = ann.RowIndex(built, ids)
   queries = rng.standard_normal((3, 8)).astype(np.float32)
   got_rows, got_scores = rows.search(queries, 60)  # k > size: all 50.
-  want_rows, want_scores = index.ExactIndex(emb).search(queries, 60)
+  want_rows, want_scores = ann.ExactIndex(emb).search(queries, 60)
   assert got_rows.shape == (3, 50)
   np.testing.assert_array_equal(got_rows, want_rows)
   np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
   with pytest.raises(ValueError, match='holds 50 products, the rows 49'):
-    index.RowIndex(built, ids[:49])
+    ann.RowIndex(built, ids[:49])
   # An id the index answers that is no row (upserted, not exported) is dropped.
   built.upsert(np.array([5000]), queries[:1])
-  r, _ = index.RowIndex(built, np.append(ids, 7)).search(queries[:1], 3)
+  r, _ = ann.RowIndex(built, np.append(ids, 7)).search(queries[:1], 3)
   assert r.tolist() == [want_rows[0, :2].tolist()]
 
 
@@ -209,7 +209,7 @@ def test_filtered_overfetch_through_a_tree_index_keeps_recall():
   cfg = export_index.IndexConfig(
     k=10, brute_force=False, num_leaves=50, leaves_to_search=50, reorder=100
   )
-  rows = index.RowIndex(export_index.build(emb, np.arange(n), {}, cfg), np.arange(n))
+  rows = ann.RowIndex(export_index.build(emb, np.arange(n), {}, cfg), np.arange(n))
   inverted = filters.InvertedIndex({'brand': [f'b{i}' for i in rng.integers(0, 20, n)]})
   search = filters.FilteredSearch(rows, emb, inverted, exact_max_rows=0)
   hits = 0

@@ -4,7 +4,7 @@ r"""Builds the ScaNN index of an embedding export (and tunes it with --tune).
       --tune_queries=/tmp/query_emb
 
 Brute force below --brute_force_below products; above, a spherical k-means tree of
-~2*sqrt(N) leaves with asymmetric hashing and exact re-ranking (make_jax/export/index.py).
+~2*sqrt(N) leaves with asymmetric hashing and exact re-ranking (make_jax/export/scann_index.py).
 The directory can be moved; it is written to a staging directory and renamed when complete.
 With --workdir (a trained run), --embeddings and --out default to `<workdir>/export/products`
 and `<workdir>/export/index`, where `tools.serve --workdir` reads them.
@@ -15,7 +15,7 @@ import pathlib
 from absl import app, flags
 
 from make_jax import rundir
-from make_jax.export import index as index_lib
+from make_jax.export import scann_index as index_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Trained run whose export/ to index.')
 _EMB = flags.DEFINE_string('embeddings', '', 'Export directory (tools.export).')

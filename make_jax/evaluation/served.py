@@ -3,7 +3,7 @@
 Why: the exact search of `results.rank_trained` scores the model; this module scores
 what users get from it (SPEC 7): the newest checkpoint's product embeddings exported by
 the Beam pipeline (`export.embed.export_catalogue`), the index the index builder makes of
-them (`export.index.build_from_export`: brute force below 50k products, as configured),
+them (`export.scann_index.build_from_export`: brute force below 50k products, as configured),
 and the served `Searcher` (`serving.service.searcher_from_workdir`) answering every query
 through `serving.batch.search_lines` with relevance control on: query understanding, the
 inverted index and filtered search, in either relevance mode (`filters.MODES`: backfill,
@@ -43,8 +43,8 @@ from typing import Any
 
 from make_jax import atomic_file, rundir
 from make_jax.export import embed, querylog
-from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
+from make_jax.export import scann_index as export_index
 from make_jax.serving import batch, filters, service
 from make_jax.text import vocab as vocab_lib
 

@@ -32,9 +32,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from make_jax import rundir
-from make_jax.export import index as index_lib
 from make_jax.export import manifest as manifest_lib
 from make_jax.export import querylog
+from make_jax.export import scann_index as index_lib
 from make_jax.export.model_handler import MakeModelHandler, ParamsLoader
 from make_jax.export.runner import pipeline_options
 from make_jax.text import vocab as vocab_lib

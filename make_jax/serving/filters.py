@@ -37,7 +37,7 @@ import numpy as np
 
 from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import topk
-from make_jax.serving import index as index_lib
+from make_jax.serving import ann
 from make_jax.serving import query_understanding as qu
 
 # Exact subset scoring up to this many embedding values (rows x d) gathered, over-fetching
@@ -166,7 +166,7 @@ class FilteredSearch:
 
   def __init__(
     self,
-    index: index_lib.AnnIndex,
+    index: ann.AnnIndex,
     embeddings: np.ndarray,
     inverted: InvertedIndex,
     *,

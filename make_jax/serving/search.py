@@ -35,7 +35,7 @@ import numpy as np
 
 from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import filters
-from make_jax.serving import index as index_lib
+from make_jax.serving import table as table_lib
 from make_jax.text import preprocess
 
 PATH_TABLE = 'table'
@@ -104,7 +104,7 @@ class Searcher:
     relevance: filters.RelevanceControl,
     *,
     encoder: QueryEncoder | None = None,
-    table: index_lib.QueryTable | None = None,
+    table: table_lib.TableLookup | None = None,
     modal_weights: np.ndarray | None = None,
     relevance_mode: str = filters.DEFAULT_MODE,
   ):

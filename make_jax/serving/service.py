@@ -28,15 +28,16 @@ from make_jax import rundir
 from make_jax.datasets import fashion_products as fashion_builder
 from make_jax.datasets import synthetic, synthetic_products
 from make_jax.export import embed, query_table, querylog
-from make_jax.export import index as export_index
 from make_jax.export import manifest as manifest_lib
+from make_jax.export import scann_index as export_index
 from make_jax.input import featurize
 from make_jax.models import make_model
 from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import tower as tower_lib
+from make_jax.serving import ann as ann_lib
 from make_jax.serving import encoder as encoder_lib
 from make_jax.serving import filters, search
-from make_jax.serving import index as index_lib
+from make_jax.serving import table as table_lib
 from make_jax.text import preprocess
 from make_jax.text import vocab as vocab_lib
 
@@ -73,7 +74,7 @@ def searcher_from_workdir(
   """The Searcher of a trained workdir's export (layout: `rundir.RunDir`).
 
   Reads the product embeddings and modal weights (`embed.read_embeddings`), the ScaNN
-  index (`export.index.load`) and, when built, the query table; the catalogue rows are
+  index (`export.scann_index.load`) and, when built, the query table; the catalogue rows are
   taken in the export's order. Every artefact must carry the run's config fingerprint
   (model, text config, vocabulary) and dimension, and, when `step` is given, the step of
   the served params. Without a query table every query goes online.
@@ -126,7 +127,7 @@ def searcher_from_workdir(
       f'index {lay.index} holds {loaded.size} products, the export {len(ids)}: it was built '
       f'from another export. Rebuild: {lay.index_command()}'
     )
-  ann = index_lib.RowIndex(loaded, ids)
+  ann = ann_lib.RowIndex(loaded, ids)
 
   table = None
   if lay.query_table.exists():
@@ -140,7 +141,7 @@ def searcher_from_workdir(
       rebuild=f'Rebuild: {lay.table_command()}',
       **check,
     )
-    table = index_lib.ExportTable(opened)
+    table = table_lib.ExportTable(opened)
   else:
     logging.warning('no query table at %s: every query is encoded online', lay.query_table)
   weights = other.get('modal_weights')
@@ -164,8 +165,8 @@ def build_searcher(
   embeddings: np.ndarray,
   *,
   params=None,
-  index: index_lib.AnnIndex | None = None,
-  table: index_lib.QueryTable | None = None,
+  index: ann_lib.AnnIndex | None = None,
+  table: table_lib.TableLookup | None = None,
   modal_weights: np.ndarray | None = None,
   buckets: Sequence[int] = (8,),
   max_batch: int = 8,
@@ -180,7 +181,7 @@ def build_searcher(
   """
   relevance = filters.RelevanceControl.of_catalogue(catalogue)
   filtered = filters.FilteredSearch(
-    index or index_lib.ExactIndex(embeddings), embeddings, relevance.inverted
+    index or ann_lib.ExactIndex(embeddings), embeddings, relevance.inverted
   )
   enc = None
   if params is not None:

@@ -1,31 +1,29 @@
-"""The interfaces serving searches through, and their exact in-memory implementations.
+"""Maximum inner product search over the product embeddings, in catalogue rows.
 
-Serving reads three things that the offline half builds (SPEC 7.1-7.3): product
-embeddings, an ANN index over them and the qid -> top-K table. Serving depends only on
-the two small protocols below, so the ScaNN index and the memory-mapped table plug in
-through thin adapters, and the exact implementations here serve small catalogues and
-are the reference that the approximate ones are measured against.
+Serving searches through the `AnnIndex` protocol (SPEC 7.2), so the index the export built
+and small in-memory ones plug in alike. An index answers in *rows* of the exported
+embedding matrix (the order of the exported product ids, which is also the catalogue's
+row order in serving).
 
-Rows: the ANN index answers in *rows* of the exported embedding matrix (the order of the
-exported product ids, which is also the catalogue's row order in serving); the table
-answers in product ids, as the offline job wrote them. `RowIndex` puts the export's ScaNN
-index (`export.index.Index`, whose docids are product ids) behind `AnnIndex`, and
-`ExportTable` puts the export's memory-mapped table (`export.query_table.QueryTable`)
-behind `QueryTable`.
-
-The table is looked up by the query's words, not its 32-bit qid: two word sequences may
-share a qid, and the export table compares the stored key. `DictTable` (tests, small
-tables) is keyed by qid and hashes the words it is given.
+- `ExactIndex`: brute force in NumPy (`retrieval.topk`): small catalogues, and the
+  reference the approximate indexes are measured against.
+- `RowIndex`: the export's ScaNN index (`export.scann_index.Index`, whose docids are
+  product ids) answering rows.
+- `ScannIndex`: a ScaNN tree + AH + re-ranking index built in memory over rows
+  (relevance control's benchmark and recall test). `build` follows the ScaNN README's
+  recipe: tree partitioning (~sqrt(N) leaves), asymmetric hashing (2 dims per block,
+  anisotropic threshold 0.2) and exact re-ranking of at least `reorder_factor * k`
+  candidates per search (over-fetching asks large k). `scann` is imported when one is
+  built, not when serving is imported (it loads TensorFlow's runtime).
 """
 
-from collections.abc import Mapping, Sequence
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import topk
-from make_jax.text import qid as qid_lib
 
 
 @runtime_checkable
@@ -41,18 +39,6 @@ class AnnIndex(Protocol):
     """Top-k of each query: (rows int64 [B, k'], scores float32 [B, k']), best first.
 
     k' = min(k, size). queries: float32 [B, d], L2-normalised.
-    """
-    ...
-
-
-@runtime_checkable
-class QueryTable(Protocol):
-  """The offline query -> top-K (product ids, scores) table."""
-
-  def lookup(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(product ids int64 [K], scores float32 [K]) best first, or None on a miss.
-
-    words: the query's words (`TextPreprocessor.words`), in any order.
     """
     ...
 
@@ -77,53 +63,6 @@ class ExactIndex:
     return topk.exact_top_k(queries, self._emb, k)
 
 
-class DictTable:
-  """A qid-keyed table held in a dict (small tables, tests); the big one is memory-mapped.
-
-  Keyed by the qid alone, so two word sequences with one qid would share a row: fine for
-  a handful of entries, not for a query log (use `ExportTable`).
-  """
-
-  def __init__(self, entries: Mapping[int, tuple[np.ndarray, np.ndarray]]):
-    """entries: qid (`TextPreprocessor.qid`) -> (product ids, scores), best first."""
-    self._entries = {
-      int(q): (np.asarray(ids, np.int64), np.asarray(s, np.float32))
-      for q, (ids, s) in entries.items()
-    }
-
-  def __len__(self) -> int:
-    return len(self._entries)
-
-  def lookup(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    return self._entries.get(qid_lib.qid_of_words(list(words)))
-
-
-class ExportTable:
-  """`QueryTable` over the export's table (`export.query_table.QueryTable`, key compared)."""
-
-  def __init__(self, table: Any):
-    """table: an opened `export.query_table.QueryTable` (or anything with its `lookup`)."""
-    self.table = table
-
-  def __len__(self) -> int:
-    return len(self.table)
-
-  def health(self) -> dict[str, Any]:
-    """Damaged shards (answered online) and the lookups they turned away."""
-    return {
-      'bad_shards': {str(k): v for k, v in getattr(self.table, 'bad_shards', {}).items()},
-      'degraded_lookups': int(getattr(self.table, 'degraded_lookups', 0)),
-    }
-
-  def lookup(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    row = self.table.lookup(list(words))
-    if row is None:
-      return None
-    ids, scores = np.asarray(row['ids'], np.int64), np.asarray(row['scores'], np.float32)
-    keep = ids >= 0  # Rows of a query with fewer than K neighbours are padded with -1.
-    return ids[keep], scores[keep]
-
-
 class RowIndex:
   """`AnnIndex` over an index that answers product ids (the export's ScaNN `Index`).
 
@@ -132,7 +71,7 @@ class RowIndex:
   a batch then answers the fewest results any of its queries kept.
 
   An approximate index (a tree: `manifest['config']['brute_force']` False) is asked for
-  `rerank_factor * k` neighbours, of which the best k are kept: `export.index.Index`
+  `rerank_factor * k` neighbours, of which the best k are kept: `export.scann_index.Index`
   re-ranks exactly max(its configured re-rank size, neighbours asked), so without the
   factor the large k of filtered over-fetching would be re-ranked no deeper than k
   (over-fetch recall@10 0.85 instead of 1.0 on 20k random 32-d vectors, every leaf
@@ -142,7 +81,7 @@ class RowIndex:
   def __init__(self, index: Any, ids: np.ndarray, *, rerank_factor: int = 4):
     """Args:
     index: has `size` and `search_batched(queries [B, d], k) -> (ids [B, k], scores)` with
-      -1 padding, as `export.index.Index`.
+      -1 padding, as `export.scann_index.Index`.
     ids: int64 [N] product id of each row (unique).
     rerank_factor: neighbours asked of an approximate index per result wanted.
 
@@ -182,3 +121,60 @@ class RowIndex:
     out_r = np.stack([r[m][:width] for r, m in zip(rows, keep, strict=True)])
     out_s = np.stack([s[m][:width] for s, m in zip(scores, keep, strict=True)])
     return out_r.astype(np.int64), out_s.astype(np.float32)
+
+
+def _scann():
+  from scann.scann_ops.py import scann_ops_pybind
+
+  return scann_ops_pybind
+
+
+class ScannIndex:
+  """Maximum inner product search through a ScaNN searcher (rows = build order)."""
+
+  def __init__(self, searcher, size: int, *, reorder_factor: int = 4):
+    """Args:
+    searcher: a `scann_ops_pybind.ScannSearcher`.
+    size: rows it was built on.
+    reorder_factor: candidates re-ranked exactly per result asked (at least 100).
+    """
+    self._searcher = searcher
+    self._size = size
+    self._reorder_factor = reorder_factor
+
+  @property
+  def size(self) -> int:
+    return self._size
+
+  @classmethod
+  def build(
+    cls,
+    embeddings: np.ndarray,
+    *,
+    num_leaves: int | None = None,
+    leaves_to_search: int | None = None,
+    reorder_factor: int = 4,
+  ) -> 'ScannIndex':
+    """Builds a tree + AH + re-ranking index over float32 [N, d] embeddings."""
+    n = embeddings.shape[0]
+    leaves = num_leaves or max(2, int(math.sqrt(n)))
+    to_search = leaves_to_search or max(1, leaves // 4)
+    searcher = (
+      _scann()
+      .builder(np.asarray(embeddings, np.float32), 10, 'dot_product')
+      .tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=n)
+      .score_ah(2, anisotropic_quantization_threshold=0.2)
+      .reorder(100)
+      .build()
+    )
+    return cls(searcher, n, reorder_factor=reorder_factor)
+
+  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, self._size)
+    queries = np.asarray(queries, np.float32)
+    rows, scores = self._searcher.search_batched(
+      queries,
+      final_num_neighbors=k,
+      pre_reorder_num_neighbors=min(self._size, max(100, self._reorder_factor * k)),
+    )
+    return np.asarray(rows, np.int64), np.asarray(scores, np.float32)
