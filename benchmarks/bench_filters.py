@@ -18,6 +18,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import ann, filters
 
 _ROWS = flags.DEFINE_integer('num_rows', 100_000, 'Catalogue size N.')
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> None:
   for share in _SHARES:
     size = max(k, int(share * n))
     subset = np.sort(rng.choice(n, size, replace=False))
-    inverted = filters.InvertedIndex(
+    inverted = catalogue_lib.InvertedIndex(
       {'f': ['in' if i else 'out' for i in np.isin(np.arange(n), subset)]}
     )
     filt = filters.Filter.from_pairs([('f', 'in')])

@@ -108,14 +108,14 @@ def test_no_restricted_term_means_no_filter(fashion):
   for q in ('something completely different', '', '   ', '!!!', 'for the'):
     filt, matches = rc.understand(q)
     assert not filt and not matches, q
-    assert rc.inverted.rows(filt) is None
+    assert rc.inverted.rows(filt.clauses) is None
 
 
 def test_inverted_index_ors_within_a_field_and_ands_across():
-  inv = filters.InvertedIndex(
+  inv = catalogue_lib.InvertedIndex(
     {'brand': ['a', 'b', 'a', 'c', 'b'], 'colour': ['r', 'r', 'g', 'r', 'g']}
   )
-  rows = lambda *pairs: inv.rows(filters.Filter.from_pairs(pairs)).tolist()
+  rows = lambda *pairs: inv.rows(filters.Filter.from_pairs(pairs).clauses).tolist()
   assert rows(('brand', 'a')) == [0, 2]
   assert rows(('brand', 'a'), ('brand', 'b')) == [0, 1, 2, 4]
   assert rows(('brand', 'a'), ('brand', 'b'), ('colour', 'r')) == [0, 1]
@@ -202,7 +202,7 @@ class _ShortIndex:
 def test_backfill_holds_the_whole_small_catalogue(short_index):
   """k beyond the catalogue: every row once, satisfying first; an index that answers fewer
   rows than asked is completed by exact scoring of the rows outside the filter."""
-  inv = filters.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'b', 'c']})
+  inv = catalogue_lib.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'b', 'c']})
   emb = _unit(np.random.default_rng(0), 6, 4)
   ann = ann_lib.ExactIndex(emb)
   search = filters.FilteredSearch(_ShortIndex(ann) if short_index else ann, emb, inv)
@@ -234,7 +234,7 @@ def test_unfiltered_query_is_the_index_top_k(fashion):
 
 
 def test_table_results_are_filtered_in_rank_order():
-  inv = filters.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'a']})
+  inv = catalogue_lib.InvertedIndex({'brand': ['a', 'b', 'a', 'c', 'a']})
   emb = np.eye(5, dtype=np.float32)
   search = filters.FilteredSearch(ann_lib.ExactIndex(emb), emb, inv)
   ranked = np.array([4, 3, 2, 1, 0])

@@ -7,6 +7,9 @@ A tiny random model (configs/tiny.py) and a vocabulary learned from the catalogu
 titles; product embeddings are random unit vectors (the search is what is tested).
 """
 
+import collections
+import os
+import sys
 import threading
 
 import flax.linen as nn
@@ -255,3 +258,56 @@ def test_miss_without_encoder_is_a_clear_error(parts):
     s.search('anything', K)
   with pytest.raises(ValueError, match='k must be'):
     parts['searcher']().search('anything', 0)
+
+
+def _serving_files_entered(fn):
+  """Runs fn() and counts, per make_jax/serving file, the calls into it from another file
+  (on this thread: the batching encoder's worker is not the query's path)."""
+  counts: collections.Counter = collections.Counter()
+
+  def profile(frame, event, arg):
+    if event != 'call' or frame.f_back is None:
+      return
+    callee, caller = frame.f_code.co_filename, frame.f_back.f_code.co_filename
+    if f'{os.sep}make_jax{os.sep}serving{os.sep}' in callee and callee != caller:
+      counts[os.path.basename(callee)] += 1
+
+  sys.setprofile(profile)
+  try:
+    result = fn()
+  finally:
+    sys.setprofile(None)
+  return result, counts
+
+
+def test_the_path_of_one_query_enters_each_serving_file_once(parts):
+  """Table hit, table miss, filtered online search, a table row the filter leaves short,
+  and a query with no known word: each serving module the query passes through is
+  entered once (search.py from the caller, the table and relevance control from the
+  Searcher, the encoder and the index from relevance control)."""
+  pre, cat = parts['pre'], parts['catalogue']
+  brand = cat.attributes['brand'][3]
+  ids = np.array([3, 10, 11, 12, 13, 14, 15, 16], np.int64)
+  table = table_lib.DictTable(
+    {pre.qid('some cached query'): (ids, np.linspace(1, 0.3, 8)), pre.qid(brand): (ids, np.ones(8))}
+  )
+  s = parts['searcher'](table)
+  s.search('vintage', K)  # Compiles the encoder's bucket outside the traced calls.
+  base = {'search.py', 'filters.py', 'query_understanding.py'}
+  online = base | {'table.py', 'encoder.py'}
+  cases = [
+    ('cached query some', 'table', None, base | {'table.py'}),
+    ('vintage', 'online', 'table_miss', online),
+    (f'{brand} {cat.attributes["category"][3]}', 'online', 'table_miss', online),
+    (brand, 'online', 'table_short_after_filter', online),
+    ('\u2603\u2603', 'none', 'no_known_words', base),
+  ]
+  for text, path, reason, files in cases:
+    answer, counts = _serving_files_entered(lambda t=text: s.search(t, K))
+    assert (answer.path, answer.fallback_reason) == (path, reason), text
+    # The index is asked unless a small filtered subset, scored exactly, fills the list.
+    backfilled = not all(r.satisfies_filter for r in answer.results)
+    if path == 'online' and (answer.strategy != 'exact_subset' or backfilled):
+      files = files | {'ann.py'}
+    assert set(counts) == files, (text, dict(counts))
+    assert all(n == 1 for n in counts.values()), (text, dict(counts))

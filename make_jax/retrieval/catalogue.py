@@ -5,7 +5,8 @@ The one catalogue type of the package. The evaluation set holds one sorted by pr
 inputs (`retrieval/evaluator.FeaturisedCatalogue`), serving one in the export's row order
 (`serving/search.Searcher`). A row is a product: `ids[r]`, `titles[r]` and
 `attributes[field][r]` describe the same one, and `rows_of_ids` maps product ids back to
-rows (-1 where absent) by binary search over a sorted copy of the ids.
+rows (-1 where absent) by binary search over a sorted copy of the ids. `InvertedIndex`
+maps attribute values to the rows that hold them (relevance control's filters).
 
 Built from product dicts (`from_products`), from the fashion zip directly
 (`from_fashion_zip`: the same rules as the `fashion_products` builder, styles.csv repaired,
@@ -16,6 +17,7 @@ import dataclasses
 import os
 import threading
 import zipfile
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -162,6 +164,53 @@ def from_synthetic(generated: synthetic.Generated) -> Catalogue:
     dataset='synthetic_products',
     image_loader=lambda i: synthetic.encode_png(synthetic.draw_image(generated, i)),
   )
+
+
+class InvertedIndex:
+  """Attribute value -> sorted catalogue rows (serving's relevance control filters with it).
+
+  A filter is clauses `((field, (value, ...)), ...)`: values ORed within a field, fields
+  ANDed; `rows` gives the rows that satisfy one.
+  """
+
+  def __init__(self, columns: Mapping[str, Sequence[str]]):
+    """columns: field -> the value of every catalogue row (all of one length)."""
+    lengths = {len(c) for c in columns.values()}
+    if len(lengths) > 1:
+      raise ValueError(f'attribute columns differ in length: {lengths}')
+    self.num_rows = lengths.pop() if lengths else 0
+    self._postings: dict[str, dict[str, np.ndarray]] = {}
+    for field, column in columns.items():
+      rows: dict[str, list[int]] = defaultdict(list)
+      for i, v in enumerate(column):
+        rows[v].append(i)
+      self._postings[field] = {v: np.asarray(r, np.int64) for v, r in rows.items()}
+
+  def value_counts(self) -> dict[str, dict[str, int]]:
+    """field -> {value: number of rows}."""
+    return {f: {v: len(r) for v, r in p.items()} for f, p in self._postings.items()}
+
+  def rows(self, clauses: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray | None:
+    """Sorted rows that satisfy `clauses`; None for no clause (everything)."""
+    if not clauses:
+      return None
+    out = None
+    for field, values in clauses:
+      postings = self._postings.get(field, {})
+      parts = [postings[v] for v in values if v in postings]
+      rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+      out = rows if out is None else np.intersect1d(out, rows, assume_unique=True)
+      if not len(out):
+        break
+    return out
+
+  def consistent(self, pairs: Sequence[tuple[str, str]]) -> bool:
+    """Whether some row satisfies the pairs (ORed within a field, ANDed across)."""
+    by_field: dict[str, list[str]] = {}
+    for field, value in pairs:
+      by_field.setdefault(field, []).append(value)
+    rows = self.rows(tuple(by_field.items()))
+    return rows is None or len(rows) > 0
 
 
 class _ZipImages:

@@ -2,7 +2,7 @@
 
 Open-source ScaNN compiles its restricts out, so the filter runs around the index:
 
-* `InvertedIndex`: attribute value -> sorted catalogue rows. A `Filter` (values ORed
+* `retrieval.catalogue.InvertedIndex`: attribute value -> sorted catalogue rows. A `Filter` (values ORed
   within a field, fields ANDed) becomes the sorted rows that satisfy it.
 * `FilteredSearch.search`: with no filter, the index's top-k. With a filter whose
   matching subset is small (<= `exact_max_rows`), exact scoring of the query against
@@ -25,13 +25,19 @@ Open-source ScaNN compiles its restricts out, so the filter runs around the inde
   satisfying prefix ends.
 
 A query with no restricted term is not filtered. Every result says what applied:
-`FilteredResult.strategy` ('none', 'exact_subset', 'overfetch') and the `Filter` itself.
+`FilteredResult.strategy` ('none', 'exact_subset', 'overfetch', 'table') and the `Filter`
+itself.
+
+`rank` is relevance control of one query as the Searcher calls it, once per query: the
+query is understood, its table row (if the table had one) kept where it satisfies the
+filter, and otherwise the query is encoded and searched under the filter (see
+`serving/search.py` for the whole path).
 """
 
 import dataclasses
 import math
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +45,7 @@ from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.retrieval import topk
 from make_jax.serving import ann
 from make_jax.serving import query_understanding as qu
+from make_jax.text import preprocess
 
 # Exact subset scoring up to this many embedding values (rows x d) gathered, over-fetching
 # beyond. Measured by `python -m benchmarks.bench_filters` (k=10, ScaNN searching half its
@@ -58,6 +65,14 @@ BACKFILL = 'backfill'  # Satisfying rows first, then the best of the rest: k lon
 STRICT = 'strict'  # The paper's AND filter: satisfying rows only (may be fewer than k).
 MODES = (BACKFILL, STRICT)
 DEFAULT_MODE = BACKFILL
+
+# Which path answered a query (`Ranked.path`), and why not the table (`fallback_reason`).
+PATH_TABLE = 'table'
+PATH_ONLINE = 'online'
+# No word of the query is in the model's vocabulary: nothing is searched, no result is
+# returned (an embedding of [UNK]s would rank arbitrary products with confidence).
+PATH_NONE = 'none'
+NO_KNOWN_WORDS = 'no_known_words'
 
 
 def check_mode(mode: str) -> str:
@@ -96,46 +111,6 @@ class Filter:
     return {f: list(v) for f, v in self.clauses}
 
 
-class InvertedIndex:
-  """Attribute value -> sorted catalogue rows, for the restricted fields."""
-
-  def __init__(self, columns: Mapping[str, Sequence[str]]):
-    """columns: field -> the value of every catalogue row (all of one length)."""
-    lengths = {len(c) for c in columns.values()}
-    if len(lengths) > 1:
-      raise ValueError(f'attribute columns differ in length: {lengths}')
-    self.num_rows = lengths.pop() if lengths else 0
-    self._postings: dict[str, dict[str, np.ndarray]] = {}
-    for field, column in columns.items():
-      rows: dict[str, list[int]] = defaultdict(list)
-      for i, v in enumerate(column):
-        rows[v].append(i)
-      self._postings[field] = {v: np.asarray(r, np.int64) for v, r in rows.items()}
-
-  def value_counts(self) -> dict[str, dict[str, int]]:
-    """field -> {value: number of rows}."""
-    return {f: {v: len(r) for v, r in p.items()} for f, p in self._postings.items()}
-
-  def rows(self, filt: Filter) -> np.ndarray | None:
-    """Sorted rows that satisfy `filt`; None for an empty filter (everything)."""
-    if not filt:
-      return None
-    out = None
-    for field, values in filt.clauses:
-      postings = self._postings.get(field, {})
-      parts = [postings[v] for v in values if v in postings]
-      rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-      out = rows if out is None else np.intersect1d(out, rows, assume_unique=True)
-      if not len(out):
-        break
-    return out
-
-  def consistent(self, pairs: Sequence[tuple[str, str]]) -> bool:
-    """Whether some row satisfies the pairs (ORed within a field, ANDed across)."""
-    rows = self.rows(Filter.from_pairs(pairs))
-    return rows is None or len(rows) > 0
-
-
 def is_member(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
   """Boolean mask: which of `rows` are in `sorted_rows` (sorted, unique)."""
   if not len(sorted_rows):
@@ -168,7 +143,7 @@ class FilteredSearch:
     self,
     index: ann.AnnIndex,
     embeddings: np.ndarray,
-    inverted: InvertedIndex,
+    inverted: catalogue_lib.InvertedIndex,
     *,
     exact_max_rows: int | None = None,
     overfetch_margin: float = OVERFETCH_MARGIN,
@@ -213,7 +188,7 @@ class FilteredSearch:
   ) -> FilteredResult:
     """Top-k rows of `query` [d] (L2-normalised) under `filt`, completed as `mode` says."""
     check_mode(mode)
-    allowed = self.inverted.rows(filt)
+    allowed = self.inverted.rows(filt.clauses)
     found = self._satisfying(query, allowed, k)
     return found if mode == STRICT else self._backfill(query, allowed, found, k)
 
@@ -264,7 +239,7 @@ class FilteredSearch:
     Strict only: a table that holds fewer than k satisfying rows is the Searcher's cue to
     answer online, where `search` completes the list in either mode.
     """
-    allowed = self.inverted.rows(filt)
+    allowed = self.inverted.rows(filt.clauses)
     if allowed is None:
       return FilteredResult(rows[:k], scores[:k], 'none', self.size, 0, len(rows[:k]))
     keep = is_member(allowed, rows)
@@ -278,7 +253,7 @@ class RelevanceControl:
   def __init__(self, columns: Mapping[str, Sequence[str]]):
     """columns: restricted field -> value of every catalogue row."""
     self.fields = tuple(columns)
-    self.inverted = InvertedIndex(columns)
+    self.inverted = catalogue_lib.InvertedIndex(columns)
     self.vocabulary = qu.AttributeVocabulary(self.inverted.value_counts(), self.inverted.consistent)
 
   @classmethod
@@ -294,3 +269,79 @@ class RelevanceControl:
     """
     matches = self.vocabulary.parse(query, normalized)
     return Filter.from_matches(matches), matches
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+  """One query's products after relevance control, and how they were found."""
+
+  filters: dict[str, list[str]]  # The filter that applied: field -> values (ORed).
+  matched_terms: dict[str, str]  # 'field: value' -> the query words that named it.
+  found: FilteredResult | None  # None: nothing was searched (path 'none').
+  path: str  # PATH_TABLE, PATH_ONLINE or PATH_NONE.
+  fallback_reason: str | None  # Why the table did not answer: 'table_miss', ...
+  latency: dict[str, float]  # Seconds per stage: 'understand', 'encode', 'search'.
+
+
+def rank(
+  relevance: RelevanceControl,
+  filtered: FilteredSearch,
+  query: preprocess.Query,
+  k: int,
+  *,
+  mode: str = DEFAULT_MODE,
+  use_filters: bool = True,
+  table_hit: tuple[np.ndarray, np.ndarray] | None = None,
+  embedding: np.ndarray | None = None,
+  encode: Callable[[preprocess.Query], np.ndarray] | None = None,
+) -> Ranked:
+  """Relevance control of one prepared query: understand, then the table row or a search.
+
+  Args:
+    relevance: query understanding and the inverted index.
+    filtered: the index and embeddings it searches.
+    query: the query, prepared once (`TextPreprocessor.query`).
+    k: results wanted (>= 1).
+    mode: how a filtered list is completed (`MODES`).
+    use_filters: False skips query understanding (the unfiltered ablation).
+    table_hit: the table's (catalogue rows, scores) of the query, best first; None: a miss.
+    embedding: the query's embedding, when a batch has encoded it already.
+    encode: query -> L2-normalised embedding [d], for a query the table does not answer.
+
+  The table row answers (path 'table') when it holds k products that satisfy the filter;
+  a row with fewer goes online, in backfill mode also without a filter (the table holds
+  only its own top-K, so the best satisfying products beyond it, and the rest to backfill
+  with, are the online search's). A query without a known word is answered with nothing.
+
+  Raises:
+    ValueError: k < 1 or an unknown mode.
+    LookupError: the query must be searched online and neither `embedding` nor `encode`
+      is given.
+  """
+  if k < 1:
+    raise ValueError(f'k must be >= 1; got {k}')
+  check_mode(mode)
+  t0 = time.perf_counter()
+  filt, matches = (
+    relevance.understand(query.text, query.normalized) if use_filters else (Filter(), [])
+  )
+  latency = {'understand': time.perf_counter() - t0}
+  said = (filt.as_dict(), {f'{m.field}: {m.value}': m.text for m in matches})
+  if not query.known_words:
+    return Ranked(*said, None, PATH_NONE, NO_KNOWN_WORDS, latency)
+  reason = 'table_miss'
+  if table_hit is not None:
+    found = filtered.filter_ranked(table_hit[0], table_hit[1], filt, k)
+    if len(found.rows) == k or not (filt or mode == BACKFILL):
+      return Ranked(*said, found, PATH_TABLE, None, latency)
+    reason = 'table_short_after_filter' if filt else 'table_short'
+  t2 = time.perf_counter()
+  if embedding is None:
+    if encode is None:
+      raise LookupError(f'{query.text!r} is not in the table and no online encoder is set')
+    embedding = encode(query)
+  latency['encode'] = time.perf_counter() - t2
+  t2 = time.perf_counter()
+  found = filtered.search(embedding, filt, k, mode=mode)
+  latency['search'] = time.perf_counter() - t2
+  return Ranked(*said, found, PATH_ONLINE, reason, latency)

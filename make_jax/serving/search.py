@@ -1,20 +1,24 @@
 """`Searcher`: query text -> top-k products, by the offline table or online (SPEC 7.3-7.5).
 
 The path of one query (its text is normalised, segmented and checked against the
-vocabulary once, by `TextPreprocessor.query`; every stage below reads that `Query`):
+vocabulary once, by `TextPreprocessor.query`; every stage below reads that `Query`). The
+Searcher calls each serving module on it once: the table, then relevance control
+(`filters.rank`), which calls the encoder and the index only when it must search.
 
-0. No word of the query is known to the model: answered as such (path 'none'), with no
-   product.
-1. Query understanding (`filters.RelevanceControl`): the restricted attribute values the
+1. Table lookup (`table.TableLookup`): the query's words (`TextPreprocessor.words`; the
+   offline job keyed each logged query by its sorted words, and its qid) find the
+   offline top-K row, mapped to catalogue rows. A query with no known word is not looked
+   up.
+2. Query understanding (`filters.RelevanceControl`): the restricted attribute values the
    query names become a `Filter` (empty when it names none).
-2. Table path: the query's words (`TextPreprocessor.words`; the offline job keyed each
-   logged query by its sorted words, and its qid) are looked up in the offline top-K
-   table; its products are kept in rank order when they satisfy the filter. If a filter
-   leaves fewer than k of them, the online path answers instead
+3. No word of the query is known to the model: answered as such (path 'none'), with no
+   product.
+4. Table path: the row's products are kept in rank order when they satisfy the filter.
+   If a filter leaves fewer than k of them, the online path answers instead
    (`fallback_reason='table_short_after_filter'`), as it does in backfill mode for a table
    row shorter than k (`'table_short'`): the table holds only its own top-K, so the best
    satisfying products beyond it, and the rest to backfill with, are the online path's.
-3. Online path (a miss): the query is encoded (`encoder.BatchingQueryEncoder`, batched
+5. Online path (a miss): the query is encoded (`encoder.BatchingQueryEncoder`, batched
    with concurrent requests) and searched with the filter (`filters.FilteredSearch`:
    exact over a small matching subset, over-fetch and filter over a large one), the list
    completed as the relevance mode says (`filters.MODES`: `backfill`, the default, fills
@@ -38,12 +42,10 @@ from make_jax.serving import filters
 from make_jax.serving import table as table_lib
 from make_jax.text import preprocess
 
-PATH_TABLE = 'table'
-PATH_ONLINE = 'online'
-# No word of the query is in the model's vocabulary: nothing is searched, no result is
-# returned (an embedding of [UNK]s would rank arbitrary products with confidence).
-PATH_NONE = 'none'
-NO_KNOWN_WORDS = 'no_known_words'
+PATH_TABLE = filters.PATH_TABLE
+PATH_ONLINE = filters.PATH_ONLINE
+PATH_NONE = filters.PATH_NONE
+NO_KNOWN_WORDS = filters.NO_KNOWN_WORDS
 _NOT_LOOKED_UP = object()  # `_search`'s `hit` when the table has not been asked yet.
 
 
@@ -190,77 +192,45 @@ class Searcher:
     hit: tuple[np.ndarray, np.ndarray] | None | object = _NOT_LOOKED_UP,
     embedding: np.ndarray | None = None,
   ) -> Answer:
-    """One query's answer; `hit` and `embedding` when a batch has looked it up already."""
-    if k < 1:
-      raise ValueError(f'k must be >= 1; got {k}')
-    filters.check_mode(mode)
+    """One query's answer; `hit` and `embedding` when a batch has looked it up already.
+
+    Each serving module on the path is called once: the table (`_table_rows`), then
+    relevance control (`filters.rank`), which encodes the query only if it must search.
+    """
     t0 = time.perf_counter()
-    latency = {}
-    filt, matches = (
-      self.relevance.understand(query.text, query.normalized)
-      if use_filters
-      else (filters.Filter(), [])
-    )
-    t1 = time.perf_counter()
-    latency['understand'] = t1 - t0
-    if not query.known_words:
-      return self._no_known_words(query.text, k, mode, filt, matches, latency, t0)
-    found, path, reason = None, PATH_ONLINE, 'table_miss'
     if hit is _NOT_LOOKED_UP:
-      hit = self._table_rows(query)
-    t2 = time.perf_counter()
-    latency['table'] = t2 - t1
-    if hit is not None:
-      found = self.filtered.filter_ranked(hit[0], hit[1], filt, k)
-      if len(found.rows) < k and (filt or mode == filters.BACKFILL):
-        found, reason = None, 'table_short_after_filter' if filt else 'table_short'
-      else:
-        path, reason = PATH_TABLE, None
-    if found is None:
-      if embedding is None:
-        if self.encoder is None:
-          raise LookupError(f'{query.text!r} is not in the table and no online encoder is set')
-        embedding = self.encoder.encode(query)
-      t3 = time.perf_counter()
-      latency['encode'] = t3 - t2
-      found = self.filtered.search(embedding, filt, k, mode=mode)
-      latency['search'] = time.perf_counter() - t3
-    latency['total'] = time.perf_counter() - t0
+      hit = self._table_rows(query) if query.known_words else None
+    table_s = time.perf_counter() - t0
+    ranked = filters.rank(
+      self.relevance,
+      self.filtered,
+      query,
+      k,
+      mode=mode,
+      use_filters=use_filters,
+      table_hit=hit,
+      embedding=embedding,
+      encode=None if self.encoder is None else self.encoder.encode,
+    )
+    latency = {'table': table_s, **ranked.latency, 'total': time.perf_counter() - t0}
+    found = ranked.found
     return Answer(
       query=query.text,
       k=k,
-      path=path,
-      fallback_reason=reason,
-      strategy=found.strategy,
+      path=ranked.path,
+      fallback_reason=ranked.fallback_reason,
+      strategy='none' if found is None else found.strategy,
       relevance_mode=mode,
-      filters=filt.as_dict(),
-      matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
-      candidates=int(found.candidates),
-      results=self._results(found),
-      latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
-    )
-
-  def _no_known_words(self, query, k, mode, filt, matches, latency, t0) -> Answer:
-    latency['total'] = time.perf_counter() - t0
-    return Answer(
-      query=query,
-      k=k,
-      path=PATH_NONE,
-      fallback_reason=NO_KNOWN_WORDS,
-      strategy='none',
-      relevance_mode=mode,
-      filters=filt.as_dict(),
-      matched_terms={f'{m.field}: {m.value}': m.text for m in matches},
-      candidates=0,
-      results=[],
+      filters=ranked.filters,
+      matched_terms=ranked.matched_terms,
+      candidates=0 if found is None else int(found.candidates),
+      results=[] if found is None else self._results(found),
       latency_ms={name: round(1e3 * s, 3) for name, s in latency.items()},
     )
 
   def _results(self, found: filters.FilteredResult) -> list[Result]:
     out = []
-    for row, score, satisfies in zip(
-      found.rows.tolist(), found.scores.tolist(), found.satisfies.tolist(), strict=True
-    ):
+    for i, (row, score) in enumerate(zip(found.rows.tolist(), found.scores.tolist(), strict=True)):
       w = None if self.modal_weights is None else self.modal_weights[row]
       out.append(
         Result(
@@ -269,7 +239,7 @@ class Searcher:
           score=float(score),
           title_weight=None if w is None else float(w[0]),
           image_weight=None if w is None else float(w[1]),
-          satisfies_filter=satisfies,
+          satisfies_filter=i < found.num_satisfying,  # As `found.satisfies` says.
         )
       )
     return out
