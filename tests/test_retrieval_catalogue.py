@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from make_jax.datasets import synthetic
+from make_jax.datasets import synthetic, synthetic_configs
 from make_jax.retrieval import catalogue as catalogue_lib
 from make_jax.serving import query_understanding as qu
 
@@ -63,7 +63,7 @@ def test_from_synthetic_is_the_generated_products():
   cat = catalogue_lib.from_synthetic(generated)
   assert cat.ids.tolist() == list(range(40))
   assert cat.titles == generated.titles
-  for field in catalogue_lib.SYNTHETIC_FIELDS:
+  for field in synthetic_configs.ATTRIBUTE_FEATURES:
     assert cat.attributes[field].tolist() == [generated.word(field, i) for i in range(40)]
   assert cat.image(3) == synthetic.encode_png(synthetic.draw_image(generated, 3))
   assert qu.restricted_fields(cat.dataset, cat.attributes) == ('brand', 'category')

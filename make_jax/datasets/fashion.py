@@ -55,6 +55,9 @@ COLUMNS = (
   'usage',
   'productDisplayName',
 )
+# The product attributes the dataset keeps: the brand (derived from the title) and the
+# styles.csv columns that describe the product.
+ATTRIBUTES = ('brand',) + tuple(c for c in COLUMNS if c not in ('id', 'year', 'productDisplayName'))
 IMAGE_WIDTH, IMAGE_HEIGHT = 60, 80  # The catalogue's native size (PIL order: W, H).
 PAD_RGB = (255, 255, 255)  # Padding of odd sizes: the white background of the photos.
 # Words that end a brand (case-folded): the audience a title names after its brand.

@@ -45,16 +45,7 @@ from absl import logging
 from make_jax.datasets import clicks, fashion, fashion_queries, features
 
 ARCHIVE = 'fashion-product-images-small.zip'
-ATTRIBUTE_FEATURES = (
-  'brand',
-  'gender',
-  'masterCategory',
-  'subCategory',
-  'articleType',
-  'baseColour',
-  'season',
-  'usage',
-)
+ATTRIBUTE_FEATURES = fashion.ATTRIBUTES
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -22,21 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from make_jax.datasets import fashion, synthetic
+from make_jax.datasets import fashion, synthetic, synthetic_configs
 
 ImageLoader = Callable[[int], bytes | None]  # product id -> JPEG/PNG bytes, or None.
-
-FASHION_FIELDS = (
-  'brand',
-  'gender',
-  'masterCategory',
-  'subCategory',
-  'articleType',
-  'baseColour',
-  'season',
-  'usage',
-)
-SYNTHETIC_FIELDS = ('brand', 'category', 'colour', 'shape', 'pattern')
 
 
 def rows_of_ids(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -150,7 +138,7 @@ def from_fashion_zip(path: str | os.PathLike, limit: int | None = None) -> Catal
   if limit is not None:
     products = products[:limit]
   return from_products(
-    products, FASHION_FIELDS, dataset='fashion_products', image_loader=_ZipImages(path)
+    products, fashion.ATTRIBUTES, dataset='fashion_products', image_loader=_ZipImages(path)
   )
 
 
@@ -160,7 +148,9 @@ def from_synthetic(generated: synthetic.Generated) -> Catalogue:
   return Catalogue(
     ids=np.arange(n, dtype=np.int64),
     titles=generated.titles,
-    attributes={f: [generated.word(f, i) for i in range(n)] for f in SYNTHETIC_FIELDS},
+    attributes={
+      f: [generated.word(f, i) for i in range(n)] for f in synthetic_configs.ATTRIBUTE_FEATURES
+    },
     dataset='synthetic_products',
     image_loader=lambda i: synthetic.encode_png(synthetic.draw_image(generated, i)),
   )
