@@ -50,10 +50,12 @@ def load_or_learn_vocab(
   config: ml_collections.ConfigDict, builder: Any, workdir: pathlib.Path
 ) -> TextPreprocessor:
   """The tokenizer of `cfg.text`: its vocab_path, else the workdir's, else a new one."""
-  return inputs.load_text(config, builder, workdir)
+  return inputs.load_preprocessor(config, builder, workdir)
 
 
-def show_examples(builder: Any, text: TextPreprocessor, config: ml_collections.ConfigDict, n: int):
+def show_examples(
+  builder: Any, preprocessor: TextPreprocessor, config: ml_collections.ConfigDict, n: int
+):
   """Prints `n` training pairs as the model sees them."""
   import tensorflow_datasets as tfds
 
@@ -64,16 +66,20 @@ def show_examples(builder: Any, text: TextPreprocessor, config: ml_collections.C
   for record in source.__getitems__(list(range(min(n, len(source))))):
     query, title = _text(record['query']), _text(record['title'])
     values = [_text(record[a]) for a in attributes]
-    ex = text.encode_pair(query, title, values, config.text.query_len, config.text.title_len)
+    ex = preprocessor.encode_pair(
+      query, title, values, config.text.query_len, config.text.title_len
+    )
     keywords = [
-      t for t, k in zip(text.decode(ex['query_ids']), ex['query_keyword'], strict=False) if k
+      t
+      for t, k in zip(preprocessor.decode(ex['query_ids']), ex['query_keyword'], strict=False)
+      if k
     ]
-    print(f'  query {query!r} -> words {text.words(query)} qid {text.qid(query)}')
-    print(f'    tokens {text.decode(ex["query_ids"])} keywords {keywords}')
+    print(f'  query {query!r} -> words {preprocessor.words(query)} qid {preprocessor.qid(query)}')
+    print(f'    tokens {preprocessor.decode(ex["query_ids"])} keywords {keywords}')
     print(
       f'  title {title!r} ({", ".join(f"{a}={v}" for a, v in zip(attributes, values, strict=True))})'
     )
-    print(f'    tokens {text.decode(ex["title_ids"])}')
+    print(f'    tokens {preprocessor.decode(ex["title_ids"])}')
     print(f'    product {record["product_id"]} log p {record["log_p"]:.2f}')
 
 
@@ -104,11 +110,11 @@ def run(
   print('   splits:', {k: v.num_examples for k, v in builder.info.splits.items()})
 
   print('== 2. Vocabulary')
-  text = load_or_learn_vocab(config, builder, workdir)
-  print(f'   {text.vocab_size} WordPiece tokens')
+  preprocessor = load_or_learn_vocab(config, builder, workdir)
+  print(f'   {preprocessor.vocab_size} WordPiece tokens')
 
   print('== 3. Examples (words sorted, qid = blake2b-32 of the sorted words)')
-  show_examples(builder, text, config, show)
+  show_examples(builder, preprocessor, config, show)
 
   print(
     f'== 4. Training {config.train.num_steps} steps ({config.parallelism} layout on '

@@ -3,7 +3,7 @@
 A tiny run on synthetic en_small (trainer_testlib's config) is served through
 `evaluation.served.rank_served`: its checkpoint exported by the Beam pipeline, indexed
 (brute force) and searched by the served Searcher. The run's checkpoint is its step 0,
-written by the trainer's own pieces (`load_text`, the layout's init, the Checkpointer):
+written by the trainer's own pieces (`load_preprocessor`, the layout's init, the Checkpointer):
 a training step would cost ~30 s of compilation and change nothing checked here.
 Checked against the exact search of `results.rank_trained` (the table's trained rows'
 ranking) over the whole catalogue:
@@ -42,7 +42,7 @@ def run(tmp_path_factory):
   builder = loading.get_builder('synthetic_products', 'en_small', data_dir)
   workdir = tmp_path_factory.mktemp('served_run')
   atomic_file.write_text(workdir / 'config.json', json.dumps(rundir.config_json(config)))
-  text = inputs.load_text(config, builder, workdir)  # vocab.txt, domain_words.txt.
+  text = inputs.load_preprocessor(config, builder, workdir)  # vocab.txt, domain_words.txt.
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
   layout = layouts.make_layout(config, model, tx, text)

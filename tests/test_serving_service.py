@@ -42,7 +42,7 @@ def _workdir(root, config, text_from=None):
     builder = loading.get_builder(
       config.data.name, config.data.builder_config, config.data.data_dir
     )
-    inputs.load_text(config, builder, root)  # vocab.txt and domain_words.txt, as training.
+    inputs.load_preprocessor(config, builder, root)  # vocab.txt and domain_words.txt, as training.
   else:
     for name in ('vocab.txt', 'domain_words.txt'):
       shutil.copy(text_from / name, root / name)

@@ -64,7 +64,7 @@ def test_a_pmap_checkpoint_restores_into_pjit_and_single(prepared, tmp_path):
   assert step == 2
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, config.train.num_steps)
-  text = inputs.load_text(
+  text = inputs.load_preprocessor(
     config, loading.get_builder('synthetic_products', 'en_small', prepared[0]), tmp_path
   )
   ckpt = checkpoint.Checkpointer(tmp_path, keep=3)

@@ -40,7 +40,7 @@ def prepare(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   vocab_dir = base / 'trainer_vocab'
   vocab_dir.mkdir(exist_ok=True)
   if not (vocab_dir / 'vocab.txt').exists():
-    inputs.load_text(tiny_config(data_dir), builder, vocab_dir)
+    inputs.load_preprocessor(tiny_config(data_dir), builder, vocab_dir)
   return data_dir, vocab_dir / 'vocab.txt'
 
 

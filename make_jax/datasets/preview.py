@@ -34,15 +34,15 @@ def describe_examples(
     yield f'{split}: empty'
     return
   corpus = [_s(r['title']) for r in head] + [_s(r['query']) for r in head]
-  text = TextPreprocessor.from_corpus(corpus, 4096)
+  preprocessor = TextPreprocessor.from_corpus(corpus, 4096)
   attributes = builder.info.metadata.get('attribute_features', [])
   for r in head[:num]:
-    ex = text.encode_pair(
+    ex = preprocessor.encode_pair(
       r['query'], r['title'], [_s(r[a]) for a in attributes], query_len, title_len
     )
-    yield f'query:      {_s(r["query"])!r}  (qid {text.qid(r["query"])})'
+    yield f'query:      {_s(r["query"])!r}  (qid {preprocessor.qid(r["query"])})'
     yield f'title:      {_s(r["title"])!r}'
     yield '  attributes: ' + ', '.join(f'{a}={_s(r[a])}' for a in attributes)
     yield f'  product_id={r["product_id"]} log_p={r["log_p"]:.3f} image_missing={r["image_missing"]}'
-    yield f'  query tokens: {text.decode(ex["query_ids"])} keyword={ex["query_keyword"].tolist()}'
-    yield f'  title tokens: {text.decode(ex["title_ids"])}'
+    yield f'  query tokens: {preprocessor.decode(ex["query_ids"])} keyword={ex["query_keyword"].tolist()}'
+    yield f'  title tokens: {preprocessor.decode(ex["title_ids"])}'

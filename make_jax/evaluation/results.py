@@ -95,7 +95,9 @@ def rank_trained(
 
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   words = (workdir / 'domain_words.txt').read_text(encoding='utf-8').splitlines()
-  text = TextPreprocessor.from_config(config.text, workdir / 'vocab.txt', [w for w in words if w])
+  preprocessor = TextPreprocessor.from_config(
+    config.text, workdir / 'vocab.txt', [w for w in words if w]
+  )
   params, step = rundir.latest_params(workdir)
   # Rows trained on the same data learn the same vocabulary: they share the catalogue.
   key = hashlib.sha256(
@@ -115,7 +117,7 @@ def rank_trained(
   ).hexdigest()
   ev = evaluator_lib.RetrievalEvaluator(
     config,
-    text,
+    preprocessor,
     builder,
     split=split,
     ks=ks,

@@ -77,7 +77,7 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
 
 
 def make_featurizer(
-  encoder: PairEncoder,
+  preprocessor: PairEncoder,
   *,
   image_size: int,
   query_len: int,
@@ -88,7 +88,7 @@ def make_featurizer(
   """A function from a raw TFDS record (image not decoded) to one example of contract 2.
 
   Args:
-    encoder: a `TextPreprocessor` (its `encode_pair` tokenises and flags keywords).
+    preprocessor: a `TextPreprocessor` (its `encode_pair` tokenises and flags keywords).
     image_size: output image side S.
     query_len: query tokens incl. [CLS]/[SEP].
     title_len: title tokens incl. [CLS]/[SEP].
@@ -111,7 +111,7 @@ def make_featurizer(
       image = np.zeros((image_size, image_size, 3), np.uint8)
     else:
       image = decode_image(record['image'], image_size)
-    ex = encoder.encode_pair(
+    ex = preprocessor.encode_pair(
       query, title, [_text(record[f]) for f in attribute_features], query_len, title_len
     )
     ex['image'] = image

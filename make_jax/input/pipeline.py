@@ -247,7 +247,7 @@ class InputPipeline:
 
 def create_pipeline(
   config: ml_collections.ConfigDict,
-  encoder: PairEncoder,
+  preprocessor: PairEncoder,
   *,
   split: str | None = None,
   builder: Any = None,
@@ -261,7 +261,7 @@ def create_pipeline(
 
   Args:
     config: the full config (uses config.data and config.text).
-    encoder: the `TextPreprocessor`.
+    preprocessor: the `TextPreprocessor`.
     split: the TFDS split (default config.data.train_split).
     builder: a prepared TFDS builder (default: from config.data; it must be built, e.g.
       with `python -m tools.build_data`).
@@ -299,7 +299,7 @@ def create_pipeline(
     raise ValueError(f'Split {split!r} not in {list(builder.info.splits)}')
   source = reading.undecoded_source(builder, split)
   featurize = make_featurizer(
-    encoder,
+    preprocessor,
     image_size=data.image_size,
     query_len=config.text.query_len,
     title_len=config.text.title_len,

@@ -6,7 +6,7 @@ one device and has no recall loss of its own, so Recall@K moves only with the mo
 
 Interface:
 
-  evaluator = RetrievalEvaluator(config, text, builder, 'validation', max_queries=1000,
+  evaluator = RetrievalEvaluator(config, preprocessor, builder, 'validation', max_queries=1000,
                                  ks=(10, 100))   # once: reads and featurises the data
   metrics = evaluator(model, params)           # at each evaluation: a dict of floats
 
@@ -90,7 +90,7 @@ class FeaturisedCatalogue:
 
 def featurise_catalogue(
   config: ml_collections.ConfigDict,
-  text: Any,
+  preprocessor: Any,
   source: Any,
   attribute_features: Sequence[str],
   judged: Sequence[str],
@@ -99,7 +99,7 @@ def featurise_catalogue(
   """Reads and featurises every product of `source` once (see the module docstring)."""
   size = config.data.image_size
   featurize = make_featurizer(
-    text,
+    preprocessor,
     image_size=size,
     query_len=config.text.query_len,
     title_len=config.text.title_len,
@@ -165,7 +165,7 @@ class RetrievalEvaluator:
   def __init__(
     self,
     config: ml_collections.ConfigDict,
-    text: Any,
+    preprocessor: Any,
     builder: Any,
     split: str = 'validation',
     *,
@@ -183,7 +183,7 @@ class RetrievalEvaluator:
 
     Args:
       config: the full config (data.image_size, text.query_len, text.title_len).
-      text: the `TextPreprocessor` the model was trained with.
+      preprocessor: the `TextPreprocessor` the model was trained with.
       builder: a prepared TFDS builder with a `catalogue_split` and `split`.
       split: the split whose queries are evaluated.
       max_queries: at most this many distinct queries (None: all).
@@ -216,7 +216,7 @@ class RetrievalEvaluator:
     if cached is None:
       cached = featurise_catalogue(
         config,
-        text,
+        preprocessor,
         reading.undecoded_source(builder, catalogue_split),
         meta.get('attribute_features', ()),
         sorted(set(intents.values())),
@@ -225,7 +225,9 @@ class RetrievalEvaluator:
       if catalogue_cache is not None:
         catalogue_cache[catalogue_key] = cached
     self.featurised: FeaturisedCatalogue = cached
-    self._load_queries(config, text, reading.undecoded_source(builder, split), intents, max_queries)
+    self._load_queries(
+      config, preprocessor, reading.undecoded_source(builder, split), intents, max_queries
+    )
     self.k_max = min(max(self.ks), self.num_products)
     chunk = min(search_chunk, math.ceil(self.num_products / batch_size) * batch_size)
     self._chunk = max(batch_size, chunk // batch_size * batch_size)
@@ -250,7 +252,7 @@ class RetrievalEvaluator:
   def skipped(self) -> collections.Counter:
     return self.featurised.skipped
 
-  def _load_queries(self, config, text, source, intents, max_queries):
+  def _load_queries(self, config, preprocessor, source, intents, max_queries):
     groups: dict[int, dict[str, Any]] = {}
     self.skipped_queries = 0
     for record in reading.records(source):
@@ -259,7 +261,7 @@ class RetrievalEvaluator:
         self.skipped_queries += 1
         continue
       group = groups.setdefault(
-        text.qid(query),
+        preprocessor.qid(query),
         {'text': query, 'targets': set()}
         | {product: _text(record[q]) for q, product in intents.items()},
       )
@@ -272,7 +274,7 @@ class RetrievalEvaluator:
     self.qids = np.asarray(qids, np.int64)
     self.query_texts = [g['text'] for g in chosen]
     self.targets = [np.asarray(sorted(g['targets'] & catalogue), np.int64) for g in chosen]
-    ids, mask = text.encode_batch(self.query_texts, config.text.query_len)
+    ids, mask = preprocessor.encode_batch(self.query_texts, config.text.query_len)
     self.queries = {'query_ids': ids, 'query_mask': mask}
     self._constraints = {p: [g[p] for g in chosen] for p in intents.values()}
     self._category = intents.get('query_category')

@@ -56,7 +56,7 @@ def sync(name: str) -> None:
   mesh_lib.wait_for_all_processes(f'inputs_{name}')
 
 
-def load_text(
+def load_preprocessor(
   config: ml_collections.ConfigDict, builder: Any, workdir: str | pathlib.Path
 ) -> TextPreprocessor:
   """The run's `TextPreprocessor` (see the module docstring); process 0 writes the files.
@@ -115,7 +115,7 @@ class ShardedInput:
   def __init__(
     self,
     config: ml_collections.ConfigDict,
-    encoder: TextPreprocessor,
+    preprocessor: TextPreprocessor,
     builder: Any,
     *,
     local_device_count: int,
@@ -130,7 +130,7 @@ class ShardedInput:
     self.pipelines = [
       input_pipeline.create_pipeline(
         config,
-        encoder,
+        preprocessor,
         builder=builder,
         process_index=shard,
         process_count=self.num_shards,

@@ -134,19 +134,21 @@ def train_and_evaluate(
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
   builder = _builder(config)
-  text = inputs.load_text(config, builder, workdir)
+  preprocessor = inputs.load_preprocessor(config, builder, workdir)
   model = make_model.build_model(config)
   tx = optimizer.make_optimizer(config.optim, num_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
   pretrained_schedule = optimizer.pretrained_schedule(config.optim, num_steps)
-  layout = layouts.make_layout(config, model, tx, text)
+  layout = layouts.make_layout(config, model, tx, preprocessor)
   pack_text = bool(config.data.get('pack_text', False))
   if pack_text and not layout.packs_text:
     raise ValueError(
       f"data.pack_text packs each batch on one device: it needs parallelism='single', "
       f'not {layout.name!r}'
     )
-  data = inputs.ShardedInput(config, text, builder, local_device_count=len(layout.local_devices))
+  data = inputs.ShardedInput(
+    config, preprocessor, builder, local_device_count=len(layout.local_devices)
+  )
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(train.keep_checkpoints))
 
   # The newest intact checkpoint (damaged ones are reported and moved aside).
@@ -185,7 +187,7 @@ def train_and_evaluate(
   if eval_every > 0 and primary:
     evaluator = evaluator_lib.RetrievalEvaluator(
       config,
-      text,
+      preprocessor,
       builder,
       split=train.eval_split,
       max_queries=int(train.eval_max_queries),
@@ -232,7 +234,7 @@ def train_and_evaluate(
           total_steps=last_step,
           examples_per_step=config.data.global_batch_size,
           flops_per_step=flops_lib.compiled_flops(step_fn) * layout.program_copies,
-          model_flops_per_step=_model_flops(config, model, tx, text, host_batch),
+          model_flops_per_step=_model_flops(config, model, tx, preprocessor, host_batch),
           dtype=config.model.dtype,
           log_fn=(lambda line: print(line, flush=True)) if primary else (lambda line: None),
         )
