@@ -2,8 +2,9 @@
 
 Open-source ScaNN compiles its restricts out, so the filter runs around the index:
 
-* `retrieval.catalogue.InvertedIndex`: attribute value -> sorted catalogue rows. A `Filter` (values ORed
-  within a field, fields ANDed) becomes the sorted rows that satisfy it.
+* `retrieval.catalogue.InvertedIndex`: attribute value -> sorted catalogue rows. A
+  `Filter` (values ORed within a field, fields ANDed) becomes the sorted rows that
+  satisfy it.
 * `FilteredSearch.search`: with no filter, the index's top-k. With a filter whose
   matching subset is small (<= `exact_max_rows`), exact scoring of the query against
   the subset's embeddings (a gather and one matrix-vector product): exact, and cheaper
