@@ -131,7 +131,7 @@ def batched_result(one_thread, all_threads, queries, truth, build_s, mem, **extr
 
 
 def recall_at(found, truth):
-  from make_jax.export.index import recall
+  from make_jax.export.scann_index import recall
 
   return recall(found, truth)
 
