@@ -88,10 +88,6 @@ class Catalogue:
       attributes={f: c[rows] for f, c in self.attributes.items()},
     )
 
-  def sorted_by_id(self) -> 'Catalogue':
-    """The same products with rows in ascending product id (the tie rule's order)."""
-    return self.take(self._order)
-
   def image(self, product_id: int) -> bytes | None:
     """The product's image bytes, or None (unknown id, no loader or no image)."""
     if self.image_loader is None or self.rows_of_ids(np.array([product_id]))[0] < 0:
