@@ -234,3 +234,45 @@ def test_perfect_embeddings_give_recall_one(test_split_evaluator):
   assert got['recall_queries'] == evaluator.num_queries > 40  # Every query has a target.
   assert got['recall@10'] == 1.0 and got['recall@100'] == 1.0
   assert got['recall@1'] > 0.9  # Below 1 only where a same-title product has a lower id.
+
+
+@pytest.mark.slow
+def test_the_demo_service_embeds_products_as_the_evaluator_does(config, text, builder):
+  """`service.encode_catalogue` (the demo searcher's) featurises as the evaluator and the
+  export do: the same products give the same embeddings; what the featuriser refuses is
+  skipped and counted, not embedded from a blank."""
+  from make_jax.retrieval import catalogue as catalogue_lib
+  from make_jax.serving import service
+
+  model, params = _tiny_model(config)
+  evaluator = evaluator_lib.RetrievalEvaluator(
+    config, text, builder, 'test', max_queries=10, ks=KS, batch_size=64
+  )
+  records = {int(r['product_id']): r for r in _records(builder, 'catalogue')}
+  ids = evaluator.product_ids[:150]  # Three batches, the last one short.
+  catalogue = catalogue_lib.Catalogue(
+    ids=ids,
+    titles=[records[i]['title'].decode() for i in ids.tolist()],
+    attributes={},
+    image_loader=lambda i: None if records[i]['image_missing'] else records[i]['image'],
+  )
+  rows, emb, weights, skipped = service.encode_catalogue(config, model, params, catalogue, text)
+  np.testing.assert_array_equal(rows, np.arange(150))
+  assert not skipped
+  want = np.asarray(evaluator.embed_products(model, params))[:150]
+  np.testing.assert_allclose(emb, want, atol=1e-6)
+  assert weights.shape == (150, 2)
+
+  # An undecodable image and an empty title: skipped and counted, the rest embedded alike.
+  titles = list(catalogue.titles)
+  titles[3] = '  '
+  broken = catalogue_lib.Catalogue(
+    ids=ids,
+    titles=titles,
+    attributes={},
+    image_loader=lambda i: b'not an image' if i == ids[7] else catalogue.image(i),
+  )
+  rows, emb, _, skipped = service.encode_catalogue(config, model, params, broken, text)
+  assert skipped == collections.Counter({'empty_title': 1, 'bad_image': 1})
+  np.testing.assert_array_equal(rows, np.delete(np.arange(150), [3, 7]))
+  np.testing.assert_allclose(emb, want[rows], atol=1e-6)

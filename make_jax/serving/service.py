@@ -9,11 +9,13 @@ into relevance control, filtered search and the batching encoder. Two sources fe
   artefacts in the fixed layout of `rundir.RunDir`, each checked against the run's config
   fingerprint (an artefact of another model is refused with the command that rebuilds it).
 * `demo_searcher`: the catalogue of the config's dataset (the real fashion zip or the
-  synthetic one), a randomly initialised model and product embeddings computed here by
-  `MakeModel.encode_product` over real titles and images: an untrained ranking, but
-  every piece of the serving path runs as it will with a trained one.
+  synthetic one), a randomly initialised model and product embeddings computed here
+  (`encode_catalogue`: the training featuriser and the product tower, as the evaluator and
+  the export embed products) over real titles and images: an untrained ranking, but every
+  piece of the serving path runs as it will with a trained one.
 """
 
+import collections
 import logging
 import os
 import pathlib
@@ -215,26 +217,61 @@ def encode_catalogue(
   catalogue: catalogue_lib.Catalogue,
   preprocessor: preprocess.TextPreprocessor,
   batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Product embeddings float32 [N, d] and modal weights [N, 2] of every catalogue row."""
-  size, title_len = config.data.image_size, config.text.title_len
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, collections.Counter]:
+  """Embeds the catalogue's products as the evaluator and the export do.
+
+  Each product goes through the training featuriser (`featurize.make_featurizer`, as
+  `retrieval.evaluator` and `export.embed` read their records) and the shared
+  `retrieval.tower.TowerEncoder`. A product the featuriser refuses (an empty title, an
+  undecodable image) is skipped and counted, as those two skip it.
+
+  Returns:
+    (rows, embeddings, modal_weights, skipped): the catalogue rows embedded int64 [M],
+    their embeddings float32 [M, d] and (title, image) weights [M, 2], and the skipped
+    products by reason.
+  """
+  featurise = featurize.make_featurizer(
+    preprocessor,
+    image_size=config.data.image_size,
+    query_len=config.text.query_len,
+    title_len=config.text.title_len,
+    require_query=False,
+  )
   encoder = tower_lib.TowerEncoder(model, tower='product', batch_size=batch_size, params=params)
-  embs, weights = [], []
-  for start in range(0, len(catalogue), batch_size):
-    rows = np.arange(start, min(start + batch_size, len(catalogue)))
-    ids, mask = preprocessor.encode_batch([catalogue.titles[r] for r in rows], title_len)
-    images = np.zeros((len(rows), size, size, 3), np.uint8)
-    missing = np.ones(len(rows), bool)
-    for j, r in enumerate(rows):
-      data = catalogue.image(int(catalogue.ids[r]))
-      if data is not None:
-        images[j] = featurize.decode_image(data, size)
-        missing[j] = False
-    batch = {'title_ids': ids, 'title_mask': mask, 'image': images, 'image_missing': missing}
+  rows, examples, embs, weights = [], [], [], []
+  skipped: collections.Counter = collections.Counter()
+
+  def flush():
+    batch = {k: np.stack([ex[k] for ex in examples]) for k in encoder.inputs}
     out = encoder(batch)
     embs.append(out['embedding'])
     weights.append(out['modal_weights'])
-  return np.concatenate(embs), np.concatenate(weights)
+    examples.clear()
+
+  for row in range(len(catalogue)):
+    pid = int(catalogue.ids[row])
+    image = catalogue.image(pid)
+    record = {
+      'product_id': pid,
+      'title': catalogue.titles[row],
+      'query': '',
+      'image': b'' if image is None else image,
+      'image_missing': image is None,
+      'log_p': 0.0,
+    }
+    try:
+      examples.append(featurise(record))
+    except featurize.SkipRecord as e:
+      skipped[e.args[0]] += 1
+      continue
+    rows.append(row)
+    if len(examples) == batch_size:
+      flush()
+  if examples:
+    flush()
+  if not rows:
+    raise ValueError(f'No product of the catalogue could be featurised (skipped: {dict(skipped)})')
+  return np.asarray(rows, np.int64), np.concatenate(embs), np.concatenate(weights), skipped
 
 
 def demo_searcher(
@@ -247,7 +284,12 @@ def demo_searcher(
   )
   model = make_model.build_model(config)
   params = make_model.init_params(model, jax.random.key(seed), make_model.example_batch(config, 2))
-  emb, weights = encode_catalogue(config, model, params, catalogue, preprocessor)
+  rows, emb, weights, skipped = encode_catalogue(config, model, params, catalogue, preprocessor)
+  if skipped:
+    logging.warning(
+      'demo catalogue: %d products skipped (%s)', sum(skipped.values()), dict(skipped)
+    )
+    catalogue = catalogue.take(rows)
   return build_searcher(
     config, catalogue, preprocessor, emb, params=params, modal_weights=weights, **kwargs
   )
