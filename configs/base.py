@@ -111,6 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # a_image of every product at step 0 (gate kernel 0, bias (0, logit w)), learned from
   # there; -1: a randomly initialised gate.
   c.model.initial_image_weight = -1.0
+  # True (needs loss.weights.qpm_image > 0): the product embedding's image part is the image
+  # matching head's vector times a learned scale that starts at 0, instead of a projection
+  # of its own.
+  c.model.image_from_match_head = False
 
   # --- Masking for MLM / MPM and Keyword Enhancement (SPEC sections 3, 4) ---------------
   c.masking = ml_collections.ConfigDict()

@@ -12,6 +12,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
@@ -246,3 +247,38 @@ def test_qpm_image_trains_the_image_tower_through_its_own_head():
   grads = jax.grad(loss)(params)
   resnet = jax.tree.leaves(grads['image_encoder']['resnet'])
   assert max(float(np.abs(g).max()) for g in resnet) > 0
+
+
+def test_image_from_match_head_starts_at_the_title_and_learns_its_scale():
+  """model.image_from_match_head: the image part is the matching head's vector times a
+  scale that starts at 0, so step 0 is still the title encoder's own embedding; the
+  scale gets gradient, and no separate image projection exists."""
+  config = _start_config(image_from_match_head=True)
+  config.loss.weights.qpm_image = 1.0
+  model = build_model(config)
+  batch = random_batch(config)
+  params = init_params(model, jax.random.key(0), batch)
+  assert 'image_proj' not in params and float(params['image_scale']) == 0.0
+  p, _ = _product(model, params, batch)
+  np.testing.assert_allclose(
+    p,
+    _own_embedding(model, params, batch['title_ids'], batch['title_mask'], 'title_encoder'),
+    atol=1e-6,
+  )
+
+  def loss(params):
+    p, _ = _product(model, params, batch)
+    return -(p * jax.random.normal(jax.random.key(1), p.shape)).sum()
+
+  assert abs(float(jax.grad(loss)(params)['image_scale'])) > 0
+  # With the scale moved off 0 the pixels reach the embedding through the matching head.
+  moved = dict(params, image_scale=jnp.float32(1.0))
+  p1, _ = _product(model, moved, batch)
+  p2, _ = _product(model, moved, dict(batch, image=255 - batch['image']))
+  has_image = ~np.asarray(batch['image_missing'])
+  assert np.abs(np.asarray(p1) - np.asarray(p2))[has_image].max() > 1e-4
+
+
+def test_image_from_match_head_needs_the_qpm_image_loss():
+  with pytest.raises(ValueError, match='image_from_match_head'):
+    build_model(_start_config(image_from_match_head=True))

@@ -24,7 +24,10 @@ projections start as the identity and the image projection at zero
 (`projection_init='identity'`), and the gate at a_image = `initial_image_weight`. At step
 0 the query and product embeddings are then the imported checkpoint's own. With loss
 `qpm_image` on, a matching head gives the image tower a retrieval loss of its own
-(`image_emb`).
+(`image_emb`); `image_from_match_head` then makes the product embedding's image part that
+head's vector times a learned scale starting at 0 (no separate image projection), so what
+the head learns reaches the mixed embedding at once rather than through a projection that
+grows from zero under a small image weight.
 
 `product_image=False` is the text-only two-tower (the CLIP-style baseline): the product tower
 is the title encoder alone, normalize(proj_t(title [CLS])), with weights (1, 0) for every
@@ -97,11 +100,17 @@ class MakeModel(nn.Module):
     self.query_proj = proj('query_proj')
     self.title_proj = proj('title_proj')
     if image:
-      self.image_proj = proj('image_proj', ZEROS_INIT if identity else None)
       # The image tower's own matching head (loss qpm_image): a signal that trains the image
       # tower by itself, whatever weight Modal Adaptation gives the image.
       if cfg.image_match_head:
         self.image_match_proj = proj('image_match_proj', None)
+      if cfg.image_from_match_head:
+        # The mixed embedding's image part is the matching head's vector (trained by
+        # qpm_image to sit where its queries are) times a learned scale that starts at 0,
+        # so the start still loses nothing.
+        self.image_scale = self.param('image_scale', nn.initializers.zeros, (), jnp.float32)
+      else:
+        self.image_proj = proj('image_proj', ZEROS_INIT if identity else None)
     if image and cfg.modal_adaptation:
       self.modality_embeddings = self.param(
         'modality_embeddings',
@@ -202,7 +211,10 @@ class MakeModel(nn.Module):
       weights = jnp.full((title.shape[0], 2), 0.5, jnp.float32)
     weights = jnp.where(missing[:, None], jnp.array([1.0, 0.0]), weights)
     p_title = self.title_proj(h_title).astype(cfg.output_dtype)
-    p_image = self.image_proj(h_image).astype(cfg.output_dtype)
+    if cfg.image_from_match_head:
+      p_image = self.image_scale * self.image_match_proj(h_image).astype(cfg.output_dtype)
+    else:
+      p_image = self.image_proj(h_image).astype(cfg.output_dtype)
     # `where`, not a product with a_image = 0, so nothing of the image reaches the embedding.
     mixed = jnp.where(
       missing[:, None], p_title, weights[:, :1] * p_title + weights[:, 1:] * p_image

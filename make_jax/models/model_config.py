@@ -68,6 +68,8 @@ class ModelConfig:
   initial_image_weight: float = -1.0
   # From loss.weights: the image tower's own matching head exists only for loss qpm_image.
   image_match_head: bool = False
+  # The product embedding's image part from the matching head (needs loss qpm_image).
+  image_from_match_head: bool = False
   # From the loss section: the trainable temperatures' initial values.
   qpm_temperature: float = 0.05
   qpm_learn_temperature: bool = True
@@ -112,6 +114,11 @@ class ModelConfig:
       raise ValueError(
         f'model.initial_image_weight={self.initial_image_weight} must be in (0, 1), or -1 '
         'for a randomly initialised gate'
+      )
+    if self.image_from_match_head and not (self.image_match_head and self.product_image):
+      raise ValueError(
+        'model.image_from_match_head=True mixes the image matching head into the product '
+        'embedding; it needs model.product_image=True and loss.weights.qpm_image > 0'
       )
     for name in ('qpm_temperature', 'mpm_r_tau'):
       if getattr(self, name) <= 0:
