@@ -60,6 +60,16 @@ def _product(model, params, batch):
   )
 
 
+def _product_loss(model, batch):
+  """A loss of the product embeddings along a fixed random direction (for gradients)."""
+
+  def loss(params):
+    p, _ = _product(model, params, batch)
+    return -(p * jax.random.normal(jax.random.key(1), p.shape)).sum()
+
+  return loss
+
+
 def test_step0_embeddings_are_the_text_encoders_own_whatever_the_image():
   config = _start_config()
   model = build_model(config)
@@ -94,11 +104,7 @@ def test_the_image_learns_upward_from_zero():
   batch = random_batch(config)
   params = init_params(model, jax.random.key(0), batch)
 
-  def loss(params):
-    p, _ = _product(model, params, batch)
-    return -(p * jax.random.normal(jax.random.key(1), p.shape)).sum()
-
-  grads = jax.grad(loss)(params)
+  grads = jax.grad(_product_loss(model, batch))(params)
   assert np.abs(np.asarray(grads['image_proj']['kernel'])).max() > 0
   assert np.all(np.asarray(params['image_proj']['kernel']) == 0)
 
@@ -266,11 +272,7 @@ def test_image_from_match_head_starts_at_the_title_and_learns_its_scale():
     atol=1e-6,
   )
 
-  def loss(params):
-    p, _ = _product(model, params, batch)
-    return -(p * jax.random.normal(jax.random.key(1), p.shape)).sum()
-
-  assert abs(float(jax.grad(loss)(params)['image_scale'])) > 0
+  assert abs(float(jax.grad(_product_loss(model, batch))(params)['image_scale'])) > 0
   # With the scale moved off 0 the pixels reach the embedding through the matching head.
   moved = dict(params, image_scale=jnp.float32(1.0))
   p1, _ = _product(model, moved, batch)
